@@ -1,0 +1,76 @@
+# Stylebase: `make run` starts the stack, `make test` checks everything.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test generate check-generated lint format breaking pytest migrate seed-demo \
+	bench bench-profile-store bench-similarity bench-analytics bench-cache-gateway clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# redis-server backs the tests (Debian's package, from PATH).
+install: $(STAMP)
+	@command -v redis-server >/dev/null || { \
+	  echo "installing redis-server (Debian package)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+
+run: install
+	$(BIN)/stylebase up
+
+migrate: install
+	$(BIN)/stylebase migrate
+
+seed-demo: install
+	$(BIN)/stylebase seed-demo
+
+generate: $(STAMP)
+	$(BIN)/python scripts/gen_protos.py gen
+
+# Fails when the committed generated code differs from what the protos give.
+check-generated: $(STAMP)
+	@rm -rf .gen-check && $(BIN)/python scripts/gen_protos.py .gen-check >/dev/null
+	@diff -r gen .gen-check >/dev/null || { diff -r gen .gen-check | head -20; rm -rf .gen-check; \
+	  echo "gen/ is out of date: run 'make generate' and commit"; exit 1; }
+	@rm -rf .gen-check && echo "generated code is up to date"
+
+lint: $(STAMP)
+	$(BIN)/buf lint
+	$(BIN)/buf format --diff --exit-code
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy shared services tests bench scripts
+
+format: $(STAMP)
+	$(BIN)/buf format -w
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# Compares the protos with those on the main branch.
+breaking: $(STAMP)
+	$(BIN)/buf breaking --against '.git#branch=main'
+
+pytest: install
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test: install check-generated lint pytest
+
+bench-profile-store: install
+	$(BIN)/python -m bench.profile_store
+
+bench-similarity: install
+	$(BIN)/python -m bench.similarity
+
+bench-analytics: install
+	$(BIN)/python -m bench.analytics
+
+bench-cache-gateway: install
+	$(BIN)/python -m bench.cache_gateway
+
+clean:
+	rm -rf $(VENV) .gen-check .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""Stylebase services, each run as its own process."""

@@ -1,0 +1,1 @@
+"""The analytics service: generation history and its statistics."""

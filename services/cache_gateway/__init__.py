@@ -1,0 +1,1 @@
+"""The cache gateway: the fast, coherent read path for style profiles."""

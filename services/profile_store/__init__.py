@@ -1,0 +1,1 @@
+"""The profile store: artists, style profiles and research sources on PostgreSQL."""

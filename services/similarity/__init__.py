@@ -1,0 +1,1 @@
+"""The similarity service: nearest artists by embedding, with pgvector."""

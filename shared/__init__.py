@@ -1,0 +1,1 @@
+"""Stylebase's common package: settings, data access, gRPC plumbing and the embedded stack."""

@@ -1,0 +1,61 @@
+"""The stylebase command: up, serve, migrate, downgrade."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import cast
+
+from pydantic import ValidationError
+
+from shared.logging import configure_logging
+from shared.settings import SERVICES, DatabaseSettings, ServiceName, StackSettings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stylebase", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="start the database, migrate, and run all four services")
+    serve = sub.add_parser("serve", help="run one service in this process")
+    serve.add_argument("service", choices=SERVICES)
+    mig = sub.add_parser("migrate", help="upgrade the database schema")
+    mig.add_argument("--revision", default="heads")
+    down = sub.add_parser("downgrade", help="downgrade the database schema")
+    down.add_argument("--revision", default="base")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        from shared.runner import run_service
+
+        return run_service(cast(ServiceName, args.service))
+    configure_logging("stylebase", "INFO", "text")
+    log = logging.getLogger("stylebase")
+    try:
+        if args.command == "up":
+            from shared.stack import StackError, up
+
+            try:
+                return up(StackSettings())
+            except StackError as exc:
+                print(f"stylebase up: {exc}", file=sys.stderr)
+                return 2
+        from shared.db import migrate
+
+        url = DatabaseSettings().require_database_url()
+        if args.command == "migrate":
+            migrate.upgrade(url, args.revision)
+        else:
+            migrate.downgrade(url, args.revision)
+        log.info("%s to %s done", args.command, args.revision)
+        return 0
+    except (ValidationError, ValueError) as exc:
+        print(f"stylebase {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Servers Stylebase starts by itself: PostgreSQL with pgvector from a pip package, redis-server."""

@@ -1,0 +1,1 @@
+"""gRPC plumbing every service uses: the server builder, interceptors and channels."""

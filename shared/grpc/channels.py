@@ -1,0 +1,64 @@
+"""Channels to other Stylebase services: retries in the service config, request ids passed on."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from shared.grpc.interceptors import REQUEST_ID_KEY
+from shared.logging import request_id_var
+
+# Retry only what is safe to retry: the call never reached a server.
+_SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{}],
+                "retryPolicy": {
+                    "maxAttempts": 3,
+                    "initialBackoff": "0.05s",
+                    "maxBackoff": "0.5s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
+
+
+class _RequestIdInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
+    async def intercept_unary_unary(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Any],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        request_id = request_id_var.get()
+        if request_id:
+            metadata = grpc.aio.Metadata(*(client_call_details.metadata or ()))
+            metadata[REQUEST_ID_KEY] = request_id
+            client_call_details = grpc.aio.ClientCallDetails(
+                client_call_details.method,
+                client_call_details.timeout,
+                metadata,
+                client_call_details.credentials,
+                client_call_details.wait_for_ready,
+            )
+        return await continuation(client_call_details, request)
+
+
+def service_channel(target: str, *, retries: bool = True) -> grpc.aio.Channel:
+    options: list[tuple[str, Any]] = [
+        ("grpc.enable_retries", 1 if retries else 0),
+        ("grpc.service_config", _SERVICE_CONFIG),
+        # Fail fast on a dead peer instead of backing off for up to two minutes.
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 2000),
+        ("grpc.keepalive_time_ms", 30_000),
+    ]
+    interceptors: list[Any] = [_RequestIdInterceptor()]
+    return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)

@@ -1,0 +1,50 @@
+"""Start one service process: settings, logging, the service's own wiring, then serve."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+from pydantic import ValidationError
+
+from shared.grpc.server import PortInUse, ServiceDefinition, serve
+from shared.logging import configure_logging
+from shared.settings import ServiceName, ServiceSettings
+
+log = logging.getLogger(__name__)
+
+Builder = Callable[[Any], Awaitable[ServiceDefinition]]
+
+
+def load(name: ServiceName) -> tuple[type[ServiceSettings], Builder]:
+    module = importlib.import_module(f"services.{name}.app")
+    return cast(type[ServiceSettings], module.Settings), cast(Builder, module.build)
+
+
+def run_service(name: ServiceName) -> int:
+    settings_cls, build = load(name)
+    try:
+        settings = settings_cls()
+    except ValidationError as exc:
+        print(f"{name}: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(name, settings.log_level, settings.log_format)
+    address = f"{settings.grpc_host}:{settings.port_of(name)}"
+
+    async def main() -> None:
+        definition = await build(settings)
+        await serve(address, definition, grace=settings.grpc_grace_seconds)
+
+    try:
+        asyncio.run(main())
+    except PortInUse as exc:
+        log.error("%s (set %s_PORT to a free port)", exc, name.upper())
+        return 2
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
+    return 0

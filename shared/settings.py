@@ -1,0 +1,137 @@
+"""Typed settings read from the environment; field names are the variable names."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ServiceName = Literal["profile_store", "similarity", "analytics", "cache_gateway"]
+SERVICES: tuple[ServiceName, ...] = ("profile_store", "similarity", "analytics", "cache_gateway")
+DEFAULT_PORTS: dict[str, int] = {
+    "profile_store": 50051,
+    "similarity": 50052,
+    "analytics": 50053,
+    "cache_gateway": 50054,
+}
+
+
+def to_asyncpg_url(url: str) -> str:
+    """Accept the usual PostgreSQL URL spellings and return SQLAlchemy's asyncpg form."""
+    for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    raise ValueError("must be a PostgreSQL URL (postgresql://user@host:port/db)")
+
+
+def to_libpq_url(url: str) -> str:
+    """The plain postgresql:// form, for asyncpg.connect and command-line tools."""
+    return "postgresql://" + url.split("://", 1)[1]
+
+
+class _Base(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+
+class DatabaseSettings(_Base):
+    """Connection and pool settings; one pool per process."""
+
+    # POSTGRES_DATABASE_URL wins; the legacy DATABASE_URL is honoured.
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("POSTGRES_DATABASE_URL", "DATABASE_URL")
+    )
+    # Read-only role, used by read paths that can use it when set.
+    readonly_database_url: str | None = Field(
+        default=None, validation_alias="POSTGRES_READONLY_DATABASE_URL"
+    )
+    db_pool_size: int = Field(default=10, ge=1, le=500)
+    db_max_overflow: int = Field(default=20, ge=0, le=1000)
+    db_pool_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    db_pool_pre_ping: bool = True
+    db_statement_timeout_ms: int = Field(default=30_000, ge=100, le=3_600_000)
+    db_connect_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
+    # Vector index the migrations build on style_profiles.embedding.
+    db_vector_index: Literal["hnsw", "ivfflat"] = "hnsw"
+
+    @field_validator("database_url", "readonly_database_url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        return to_asyncpg_url(value)
+
+    def require_database_url(self) -> str:
+        if self.database_url is None:
+            raise ValueError(
+                "POSTGRES_DATABASE_URL is not set; 'stylebase up' sets it for the services "
+                "it starts"
+            )
+        return self.database_url
+
+
+class EndpointSettings(_Base):
+    """Where each service listens and how the others reach it."""
+
+    grpc_host: str = "127.0.0.1"
+    profile_store_port: int = Field(default=DEFAULT_PORTS["profile_store"], ge=0, le=65535)
+    similarity_port: int = Field(default=DEFAULT_PORTS["similarity"], ge=0, le=65535)
+    analytics_port: int = Field(default=DEFAULT_PORTS["analytics"], ge=0, le=65535)
+    cache_gateway_port: int = Field(default=DEFAULT_PORTS["cache_gateway"], ge=0, le=65535)
+    # host:port the other services dial; empty means 127.0.0.1 and the port above.
+    profile_store_target: str = ""
+    cache_gateway_target: str = ""
+    grpc_grace_seconds: float = Field(default=5.0, ge=0, le=300)
+
+    def port_of(self, service: ServiceName) -> int:
+        port: int = getattr(self, f"{service}_port")
+        return port
+
+    def target_of(self, service: Literal["profile_store", "cache_gateway"]) -> str:
+        explicit: str = getattr(self, f"{service}_target")
+        return explicit or f"127.0.0.1:{self.port_of(service)}"
+
+
+class LogSettings(_Base):
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+
+class ServiceSettings(DatabaseSettings, EndpointSettings, LogSettings):
+    """What every service process reads; each service extends it."""
+
+
+class RedisSettings(_Base):
+    # Unset: the cache gateway runs with its in-process tier only.
+    redis_url: str | None = None
+    redis_ttl_seconds: int = Field(default=604_800, ge=1)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+
+class StackSettings(DatabaseSettings, EndpointSettings, LogSettings, RedisSettings):
+    """What 'stylebase up' reads: the embedded defaults and the ports to give out."""
+
+    stylebase_data_dir: str = ".stylebase"
+    # Port of the embedded PostgreSQL; 0 picks a free one.
+    embedded_postgres_port: int = Field(default=0, ge=0, le=65535)
+    stylebase_seed_demo: bool = True
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> StackSettings:
+        ports = [p for p in (self.port_of(s) for s in SERVICES) if p != 0]
+        if len(ports) != len(set(ports)):
+            raise ValueError("the four service ports must differ")
+        return self

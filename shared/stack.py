@@ -1,0 +1,172 @@
+"""'stylebase up': the database (embedded unless configured), migrations, and the four services."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import asyncpg
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from shared.db import migrate
+from shared.embedded.ports import port_in_use
+from shared.embedded.postgres import EmbeddedPostgres, EmbeddedPostgresError
+from shared.settings import SERVICES, StackSettings, to_asyncpg_url, to_libpq_url
+
+log = logging.getLogger(__name__)
+
+
+class StackError(RuntimeError):
+    """A bad environment: one clear line for the operator, nothing half-created."""
+
+
+def check_ports(settings: StackSettings) -> None:
+    for service in SERVICES:
+        port = settings.port_of(service)
+        if port and port_in_use(port, settings.grpc_host):
+            raise StackError(
+                f"port {port} is in use; set {service.upper()}_PORT to a free port "
+                f"for the {service} service"
+            )
+
+
+async def check_pgvector(url: str) -> None:
+    host = urlsplit(to_libpq_url(url)).hostname or "the database host"
+    try:
+        conn = await asyncpg.connect(to_libpq_url(url), timeout=10)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        raise StackError(f"cannot connect to PostgreSQL on {host}: {exc}") from exc
+    try:
+        available = await conn.fetchval(
+            "SELECT count(*) FROM pg_available_extensions WHERE name = 'vector'"
+        )
+    finally:
+        await conn.close()
+    if not available:
+        raise StackError(
+            f"pgvector is not available on {host}; install it or unset DATABASE_URL "
+            "to use the embedded server"
+        )
+
+
+def _child_env(settings: StackSettings, database_url: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("DATABASE_URL", None)
+    env["POSTGRES_DATABASE_URL"] = database_url
+    env["GRPC_HOST"] = settings.grpc_host
+    for service in SERVICES:
+        env[f"{service.upper()}_PORT"] = str(settings.port_of(service))
+    return env
+
+
+def _wait_serving(target: str, process: subprocess.Popen[bytes], name: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise StackError(f"{name} exited with code {process.returncode}; see its log above")
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    raise StackError(f"{name} did not report SERVING on {target} within {timeout:.0f} s")
+
+
+def _stop_children(children: dict[str, subprocess.Popen[bytes]], grace: float) -> None:
+    for process in children.values():
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace + 5
+    for process in children.values():
+        try:
+            process.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def up(settings: StackSettings) -> int:
+    """Start everything, print where it listens, and run until Ctrl-C or SIGTERM."""
+    check_ports(settings)
+    embedded: EmbeddedPostgres | None = None
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    stop = False
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    try:
+        if settings.database_url is None:
+            pgdata = Path(settings.stylebase_data_dir) / "postgres"
+            embedded = EmbeddedPostgres(pgdata, settings.embedded_postgres_port)
+            try:
+                database_url = to_asyncpg_url(embedded.start())
+            except EmbeddedPostgresError as exc:
+                embedded = None
+                raise StackError(str(exc)) from exc
+            log.info(
+                "embedded PostgreSQL with pgvector on 127.0.0.1:%s (data in %s)",
+                embedded.port,
+                pgdata,
+            )
+        else:
+            database_url = settings.database_url
+        asyncio.run(check_pgvector(database_url))
+        migrate.upgrade(database_url)
+        _after_migrate(database_url, settings)
+
+        env = _child_env(settings, database_url)
+        for service in SERVICES:
+            children[service] = subprocess.Popen(
+                [sys.executable, "-m", f"services.{service}"], env=env
+            )
+        for service in SERVICES:
+            target = f"127.0.0.1:{settings.port_of(service)}"
+            _wait_serving(target, children[service], service, timeout=60)
+        _print_banner(settings, database_url, embedded is not None)
+        while not stop:
+            for name, process in children.items():
+                if process.poll() is not None:
+                    raise StackError(f"{name} exited with code {process.returncode}")
+            time.sleep(0.2)
+        print("stopping Stylebase…", flush=True)
+        return 0
+    finally:
+        _stop_children(children, settings.grpc_grace_seconds)
+        if embedded is not None:
+            embedded.stop()
+
+
+def _after_migrate(database_url: str, settings: StackSettings) -> None:
+    """Hook for first-start data loading (the demo dataset)."""
+
+
+def _print_banner(settings: StackSettings, database_url: str, embedded: bool) -> None:
+    where = urlsplit(to_libpq_url(database_url))
+    lines = ["Stylebase is up:"]
+    for service in SERVICES:
+        lines.append(f"  {service:<14} {settings.grpc_host}:{settings.port_of(service)}")
+    lines.append(
+        f"  postgres       {where.hostname}:{where.port} ({'embedded' if embedded else 'external'})"
+    )
+    redis = settings.redis_url or "not set: cache gateway uses its in-process tier only"
+    lines.append(f"  redis          {redis}")
+    lines.append("Try:")
+    lines.append(f"  grpcurl -plaintext 127.0.0.1:{settings.port_of('profile_store')} list")
+    lines.append("Ctrl-C stops everything.")
+    print("\n".join(lines), flush=True)

@@ -1,0 +1,175 @@
+"""'stylebase up' end to end: the embedded database, four service processes, the real grpcurl."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shared.embedded.ports import free_port, port_in_use
+from shared.embedded.postgres import EmbeddedPostgres
+from shared.settings import SERVICES
+
+FULL_NAMES = {
+    "profile_store": "stylebase.profile_store.v1.ProfileStoreService",
+    "similarity": "stylebase.similarity.v1.SimilarityService",
+    "analytics": "stylebase.analytics.v1.AnalyticsService",
+    "cache_gateway": "stylebase.cache_gateway.v1.CacheGatewayService",
+}
+GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or "grpcurl"
+
+
+def _stack_env(tmp_path: Path, **extra: str) -> tuple[dict[str, str], dict[str, int]]:
+    ports: dict[str, int]
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DATABASE_URL", "POSTGRES_DATABASE_URL", "REDIS_URL")
+    }
+    ports = {service: free_port() for service in SERVICES}
+    env.update({f"{s.upper()}_PORT": str(p) for s, p in ports.items()})
+    env.update(
+        STYLEBASE_DATA_DIR=str(tmp_path / "data"), GRPC_GRACE_SECONDS="1", LOG_LEVEL="WARNING"
+    )
+    env.update(extra)
+    return env, ports
+
+
+def _stylebase(*args: str) -> list[str]:
+    return [sys.executable, "-m", "shared.cli", *args]
+
+
+def _grpcurl(*args: str) -> str:
+    result = subprocess.run(
+        [GRPCURL, "-plaintext", *args], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[subprocess.Popen[str], dict[str, int], str]]:
+    """The stack as a newcomer's 'make run' starts it: no database URL, no Redis."""
+    tmp_path = tmp_path_factory.mktemp("stack")
+    env, ports = _stack_env(tmp_path)
+    process = subprocess.Popen(
+        _stylebase("up"), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert process.stdout is not None
+    banner: list[str] = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        banner.append(line)
+        if line.startswith("Ctrl-C stops everything"):
+            break
+    assert any("Stylebase is up" in line for line in banner), "".join(banner)
+    yield process, ports, "".join(banner)
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        process.wait(30)
+
+
+def test_up_prints_where_each_service_listens(
+    stack: tuple[subprocess.Popen[str], dict[str, int], str],
+) -> None:
+    _, ports, banner = stack
+    for service, port in ports.items():
+        assert f"{service}" in banner and f"127.0.0.1:{port}" in banner
+    assert "(embedded)" in banner
+    assert "in-process tier only" in banner
+    assert "grpcurl -plaintext" in banner
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_grpcurl_lists_describes_and_checks_health(
+    stack: tuple[subprocess.Popen[str], dict[str, int], str], service: str
+) -> None:
+    _, ports, _ = stack
+    target = f"127.0.0.1:{ports[service]}"
+    listed = _grpcurl(target, "list").split()
+    assert FULL_NAMES[service] in listed
+    assert "grpc.health.v1.Health" in listed
+    described = _grpcurl(target, "describe", FULL_NAMES[service])
+    assert "is a service" in described and "rpc " in described
+    health = _grpcurl(
+        "-d", f'{{"service": "{FULL_NAMES[service]}"}}', target, "grpc.health.v1.Health/Check"
+    )
+    assert '"status": "SERVING"' in health
+
+
+def test_each_service_is_its_own_process(
+    stack: tuple[subprocess.Popen[str], dict[str, int], str],
+) -> None:
+    process, _, _ = stack
+    children = subprocess.run(
+        ["pgrep", "-P", str(process.pid), "-f", "services\\."], capture_output=True, text=True
+    ).stdout.split()
+    assert len(children) == len(SERVICES)
+
+
+def test_ctrl_c_stops_everything(stack: tuple[subprocess.Popen[str], dict[str, int], str]) -> None:
+    process, ports, _ = stack
+    process.send_signal(signal.SIGINT)
+    assert process.wait(30) == 0
+    for port in ports.values():
+        assert not port_in_use(port)
+
+
+def _up_fails(env: dict[str, str]) -> str:
+    result = subprocess.run(_stylebase("up"), env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    return result.stderr
+
+
+def test_data_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.write_text("not a directory")
+    env, _ = _stack_env(tmp_path)
+    error = _up_fails(env)
+    assert f"{data} is a file" in error and "STYLEBASE_DATA_DIR" in error
+
+
+def test_database_dir_that_is_not_a_cluster_is_refused(tmp_path: Path) -> None:
+    pgdata = tmp_path / "data" / "postgres"
+    pgdata.mkdir(parents=True)
+    (pgdata / "notes.txt").write_text("mine")
+    env, _ = _stack_env(tmp_path)
+    error = _up_fails(env)
+    assert str(pgdata) in error and "not a PostgreSQL data directory" in error
+    assert (pgdata / "notes.txt").read_text() == "mine"
+
+
+def test_port_in_use_names_the_port_and_its_variable(tmp_path: Path) -> None:
+    env, ports = _stack_env(tmp_path)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", ports["analytics"]))
+        busy.listen()
+        error = _up_fails(env)
+    assert f"port {ports['analytics']} is in use" in error and "ANALYTICS_PORT" in error
+    assert not (tmp_path / "data").exists(), "nothing is created before the ports are known free"
+
+
+def test_database_without_pgvector_is_refused(tmp_path: Path, postgres: EmbeddedPostgres) -> None:
+    # An extension path with no vector.control: this server then has no pgvector to offer.
+    empty = tmp_path / "ext"
+    (empty / "extension").mkdir(parents=True)
+    os.chmod(tmp_path, 0o755)
+    os.chmod(empty, 0o755)
+    os.chmod(empty / "extension", 0o755)
+    url = f"{postgres.url}?extension_control_path={empty}"
+    env, _ = _stack_env(tmp_path, DATABASE_URL=url)
+    error = _up_fails(env)
+    assert "pgvector is not available on 127.0.0.1; install it or unset DATABASE_URL" in error
