@@ -1,0 +1,103 @@
+"""Conversions between database rows and the common protobuf messages."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from shared.db.models import Artist, StyleProfile
+from shared.errors import InvalidArgument
+from stylebase.common.v1 import common_pb2
+
+_STATUS_TO_DB = {
+    common_pb2.RESEARCH_STATUS_PENDING: "pending",
+    common_pb2.RESEARCH_STATUS_RESEARCHING: "researching",
+    common_pb2.RESEARCH_STATUS_CACHED: "cached",
+    common_pb2.RESEARCH_STATUS_FAILED: "failed",
+}
+_STATUS_FROM_DB = {v: k for k, v in _STATUS_TO_DB.items()}
+_SOURCE_TO_DB = {
+    common_pb2.SOURCE_TYPE_PAPER: "paper",
+    common_pb2.SOURCE_TYPE_ARTICLE: "article",
+    common_pb2.SOURCE_TYPE_AUDIO: "audio",
+    common_pb2.SOURCE_TYPE_MIDI: "midi",
+}
+_SOURCE_FROM_DB = {v: k for k, v in _SOURCE_TO_DB.items()}
+
+
+def status_to_db(value: int, field: str = "research_status") -> str:
+    try:
+        return _STATUS_TO_DB[value]  # type: ignore[index]
+    except KeyError:
+        raise InvalidArgument(
+            field, "must be one of pending, researching, cached, failed"
+        ) from None
+
+
+def status_from_db(value: str) -> common_pb2.ResearchStatus.ValueType:
+    return _STATUS_FROM_DB[value]
+
+
+def source_type_to_db(value: int, field: str = "source_type") -> str:
+    try:
+        return _SOURCE_TO_DB[value]  # type: ignore[index]
+    except KeyError:
+        raise InvalidArgument(field, "must be one of paper, article, audio, midi") from None
+
+
+def source_type_from_db(value: str) -> common_pb2.SourceType.ValueType:
+    return _SOURCE_FROM_DB[value]
+
+
+def timestamp(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    ts = Timestamp()
+    ts.FromDatetime(value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC))
+    return ts
+
+
+def from_timestamp(value: Timestamp) -> datetime:
+    return value.ToDatetime(tzinfo=UTC)
+
+
+def artist_to_proto(row: Artist) -> common_pb2.Artist:
+    return common_pb2.Artist(
+        id=str(row.id),
+        name=row.name,
+        research_status=status_from_db(row.research_status),
+        last_updated=timestamp(row.last_updated),
+        sources_count=row.sources_count,
+        confidence_score=row.confidence_score,
+        created_at=timestamp(row.created_at),
+    )
+
+
+def params_to_json(params: common_pb2.QuantitativeParams) -> dict[str, float]:
+    return {
+        f.name: getattr(params, f.name) for f in common_pb2.QuantitativeParams.DESCRIPTOR.fields
+    }
+
+
+def counts_to_json(counts: common_pb2.SourceCounts) -> dict[str, int]:
+    return {f.name: getattr(counts, f.name) for f in common_pb2.SourceCounts.DESCRIPTOR.fields}
+
+
+def profile_to_proto(row: StyleProfile, artist_name: str) -> common_pb2.StyleProfile:
+    embedding: Any = row.embedding
+    return common_pb2.StyleProfile(
+        id=str(row.id),
+        artist_id=str(row.artist_id),
+        artist_name=artist_name,
+        text_description=row.text_description,
+        quantitative_params=common_pb2.QuantitativeParams(**row.quantitative_params),
+        midi_templates=list(row.midi_templates_json or []),
+        embedding=[] if embedding is None else [float(v) for v in embedding],
+        confidence_score=row.confidence_score,
+        sources_count=common_pb2.SourceCounts(**(row.sources_count or {})),
+        created_at=timestamp(row.created_at),
+        updated_at=timestamp(row.updated_at),
+        version=row.version,
+    )

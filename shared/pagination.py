@@ -1,0 +1,44 @@
+"""Opaque page tokens: a base64url-encoded stylebase.common.v1.PageCursor.
+
+A cursor holds the sort key of the last row returned, so pages stay stable while
+rows are inserted; its filter hash stops a token being replayed on another query.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from datetime import datetime
+
+from google.protobuf.message import DecodeError
+
+from shared.errors import InvalidArgument
+from stylebase.common.v1 import common_pb2
+
+
+def filter_hash(*parts: object) -> str:
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+
+
+def encode(
+    *, after_id: str, filters: str, after_time: datetime | None = None, after_key: str = ""
+) -> str:
+    cursor = common_pb2.PageCursor(after_id=after_id, filter_hash=filters, after_key=after_key)
+    if after_time is not None:
+        cursor.after_time.FromDatetime(after_time)
+    return base64.urlsafe_b64encode(cursor.SerializeToString()).decode().rstrip("=")
+
+
+def decode(token: str, *, filters: str, field: str = "page_token") -> common_pb2.PageCursor | None:
+    """None for an empty token (the first page)."""
+    if not token:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        cursor = common_pb2.PageCursor.FromString(raw)
+    except (binascii.Error, ValueError, DecodeError):
+        raise InvalidArgument(field, "is not a page token this service issued") from None
+    if cursor.filter_hash != filters or not cursor.after_id:
+        raise InvalidArgument(field, "belongs to a different query; start again without it")
+    return cursor
