@@ -1,7 +1,14 @@
-"""Wiring of the similarity service: settings → engine → servicer → server definition."""
+"""Wiring of the similarity service: settings → engine → repository → servicer → definition."""
 
 from __future__ import annotations
 
+from typing import Literal
+
+from pydantic import Field
+
+from services.similarity.canary import recall_canary
+from services.similarity.repository import SimilarityRepository
+from services.similarity.search import IndexSettings
 from services.similarity.servicer import SimilarityServicer
 from shared.db.engine import Database
 from shared.grpc.server import ServiceDefinition
@@ -13,15 +20,44 @@ from stylebase.similarity.v1 import similarity_service_pb2_grpc as pb_grpc
 class Settings(ServiceSettings):
     """Settings of the similarity process."""
 
+    # HNSW candidate list when a request does not choose one (pgvector's range).
+    similarity_ef_search: int = Field(default=40, ge=1, le=1000)
+    # Rows an iterative index scan may visit before a filtered query gives up on the
+    # index and falls back to exact search.
+    similarity_max_scan_tuples: int = Field(default=20_000, ge=1, le=10_000_000)
+    similarity_iterative_scan: Literal["relaxed_order", "strict_order"] = "relaxed_order"
+    # Seconds between recall canary runs; 0 turns the canary off.
+    similarity_recall_canary_interval_seconds: float = Field(default=0, ge=0, le=86_400)
+    similarity_recall_canary_sample_size: int = Field(default=50, ge=1, le=1000)
+    similarity_recall_canary_k: int = Field(default=10, ge=1, le=100)
+
+    def index_settings(self) -> IndexSettings:
+        return IndexSettings(
+            ef_search=self.similarity_ef_search,
+            max_scan_tuples=self.similarity_max_scan_tuples,
+            iterative_scan=self.similarity_iterative_scan,
+        )
+
 
 async def build(settings: Settings) -> ServiceDefinition:
-    db = Database.connect(settings, application_name="similarity")
-    # Abstract while RPCs are pending (shared.pending); mypy flags this once none are.
-    servicer = SimilarityServicer()  # type: ignore[abstract]
+    db = Database.connect(settings, application_name="similarity", readonly=True)
+    repository = SimilarityRepository(db, settings.index_settings())
+    servicer = SimilarityServicer(repository)
+    background = []
+    if settings.similarity_recall_canary_interval_seconds > 0:
+        background.append(
+            recall_canary(
+                repository,
+                interval_seconds=settings.similarity_recall_canary_interval_seconds,
+                sample_size=settings.similarity_recall_canary_sample_size,
+                k=settings.similarity_recall_canary_k,
+            )
+        )
     return ServiceDefinition(
         name="similarity",
         full_names=[pb.DESCRIPTOR.services_by_name["SimilarityService"].full_name],
         register=lambda server: pb_grpc.add_SimilarityServiceServicer_to_server(servicer, server),
         readiness=db.ping,
         cleanups=[db.dispose],
+        background=background,
     )

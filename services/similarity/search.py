@@ -1,0 +1,231 @@
+"""Nearest-artist search over the HNSW index on style_profiles.embedding, with exact fallback."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.errors import ArtistNotFound, FailedPrecondition, InvalidArgument
+
+
+@dataclass(frozen=True)
+class SearchFilter:
+    """Candidate restrictions; None does not filter."""
+
+    tempo_min: float | None = None
+    tempo_max: float | None = None
+    research_status: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return any(v is not None for v in (self.tempo_min, self.tempo_max, self.research_status))
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Per-request search options; ef_search None means the service default."""
+
+    ef_search: int | None = None
+    exact: bool = False
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    """Service-wide knobs of the index scan (from the service's settings)."""
+
+    ef_search: int = 40
+    max_scan_tuples: int = 20_000
+    iterative_scan: str = "relaxed_order"
+
+
+@dataclass(frozen=True)
+class Match:
+    artist_id: uuid.UUID
+    artist_name: str
+    similarity: float
+
+
+@dataclass(frozen=True)
+class Query:
+    """One nearest-neighbour query: the vector in pgvector's text form and what to leave out."""
+
+    vector: str
+    limit: int
+    exclude_ids: Sequence[uuid.UUID] = ()
+    exclude_names: Sequence[str] = ()
+    filter: SearchFilter = field(default_factory=SearchFilter)
+    tuning: Tuning = field(default_factory=Tuning)
+
+
+@dataclass(frozen=True)
+class StoredEmbedding:
+    artist_id: uuid.UUID
+    artist_name: str
+    vector: str
+
+
+def vector_literal(values: Sequence[float] | np.ndarray[Any, Any]) -> str:
+    """pgvector's text form; str(float) is the shortest form that round-trips."""
+    return "[" + ",".join(str(float(v)) for v in values) + "]"
+
+
+def parse_vector(literal: str) -> np.ndarray[Any, np.dtype[np.float64]]:
+    return np.array(literal[1:-1].split(","), dtype=np.float64)
+
+
+# The inner query orders by the distance operator itself, which is what the HNSW
+# index serves; in exact mode `+ 0` makes an expression the index cannot serve, so
+# the planner computes every distance. The outer query re-sorts because
+# iterative relaxed_order scans may return rows slightly out of order, and breaks
+# ties by name so equal distances come back in a stable order.
+_SEARCH_SQL = """
+WITH candidates AS MATERIALIZED (
+    SELECT a.id, a.name, {distance} AS distance
+    FROM style_profiles sp
+    JOIN artists a ON a.id = sp.artist_id
+    WHERE sp.embedding IS NOT NULL
+      AND NOT (sp.artist_id = ANY(CAST(:exclude_ids AS uuid[])))
+      AND NOT (a.name = ANY(CAST(:exclude_names AS text[])))
+      {filters}
+    ORDER BY {distance}
+    LIMIT :limit
+)
+SELECT id, name, 1 - distance AS similarity FROM candidates ORDER BY distance, name
+"""
+_INDEX_DISTANCE = "sp.embedding <=> CAST(CAST(:q AS text) AS vector)"
+_EXACT_DISTANCE = f"({_INDEX_DISTANCE}) + 0"
+
+_LOOKUP_SQL = text(
+    """
+    SELECT a.id, a.name, sp.id IS NOT NULL AS has_profile, sp.embedding::text AS embedding
+    FROM artists a LEFT JOIN style_profiles sp ON sp.artist_id = a.id
+    WHERE a.name = ANY(CAST(:names AS text[]))
+    """
+)
+
+_TUNE_SQL = text(
+    "SELECT set_config('hnsw.ef_search', :ef, true),"
+    " set_config('hnsw.iterative_scan', :mode, true),"
+    " set_config('hnsw.max_scan_tuples', :max_tuples, true)"
+)
+
+
+def search_sql(query: Query, *, exact: bool) -> tuple[str, dict[str, Any]]:
+    """The SQL and parameters of one search (exposed so tests can EXPLAIN it)."""
+    clauses: list[str] = []
+    params: dict[str, Any] = {
+        "q": query.vector,
+        "exclude_ids": list(query.exclude_ids),
+        "exclude_names": list(query.exclude_names),
+        "limit": query.limit,
+    }
+    flt = query.filter
+    tempo = "(sp.quantitative_params->>'tempo_avg')::float8"
+    if flt.tempo_min is not None:
+        clauses.append(f"AND {tempo} >= :tempo_min")
+        params["tempo_min"] = flt.tempo_min
+    if flt.tempo_max is not None:
+        clauses.append(f"AND {tempo} <= :tempo_max")
+        params["tempo_max"] = flt.tempo_max
+    if flt.research_status is not None:
+        clauses.append("AND a.research_status = :research_status")
+        params["research_status"] = flt.research_status
+    sql = _SEARCH_SQL.format(
+        distance=_EXACT_DISTANCE if exact else _INDEX_DISTANCE, filters="\n      ".join(clauses)
+    )
+    return sql, params
+
+
+class SimilaritySearch:
+    """The search primitives, each run inside a caller's transaction (session)."""
+
+    def __init__(self, index: IndexSettings) -> None:
+        self.index = index
+
+    async def tune(self, session: AsyncSession, ef_search: int | None) -> int:
+        """SET LOCAL the index-scan knobs for this transaction; returns the ef_search used."""
+        ef = ef_search or self.index.ef_search
+        await session.execute(
+            _TUNE_SQL,
+            {
+                "ef": str(ef),
+                "mode": self.index.iterative_scan,
+                "max_tuples": str(self.index.max_scan_tuples),
+            },
+        )
+        return ef
+
+    async def nearest(self, session: AsyncSession, query: Query) -> list[Match]:
+        """Index search; exact search when asked, or when the index came back short.
+
+        Iterative scans keep a filtered query going until max_scan_tuples; a filter
+        selective enough to exhaust that comes back with fewer than `limit` rows, and
+        then the exact scan (which only computes distances for rows that pass the
+        filter) returns every match there is.
+        """
+        if not query.tuning.exact:
+            await self.tune(session, query.tuning.ef_search)
+            rows = await self.scan(session, query, exact=False)
+            if len(rows) >= query.limit:
+                return rows
+        return await self.scan(session, query, exact=True)
+
+    async def scan(self, session: AsyncSession, query: Query, *, exact: bool) -> list[Match]:
+        sql, params = search_sql(query, exact=exact)
+        result = await session.execute(text(sql), params)
+        return [Match(row.id, row.name, float(row.similarity)) for row in result]
+
+    async def embeddings_of(
+        self, session: AsyncSession, names: Sequence[str]
+    ) -> dict[str, StoredEmbedding]:
+        """The stored embedding of each named artist.
+
+        Unknown artist: ArtistNotFound; no profile, or a profile without an
+        embedding: FailedPrecondition, since the search cannot start from it.
+        """
+        result = await session.execute(_LOOKUP_SQL, {"names": list(names)})
+        rows = {row.name: row for row in result}
+        found: dict[str, StoredEmbedding] = {}
+        for name in names:
+            row = rows.get(name)
+            if row is None:
+                raise ArtistNotFound(name)
+            if not row.has_profile:
+                raise FailedPrecondition(f"artist '{name}' has no style profile to search from")
+            if row.embedding is None:
+                raise FailedPrecondition(
+                    f"artist '{name}' has a style profile without an embedding to search from"
+                )
+            found[name] = StoredEmbedding(row.id, name, row.embedding)
+        return found
+
+
+def recommendation_vector(
+    positives: Sequence[StoredEmbedding], negatives: Sequence[StoredEmbedding]
+) -> str:
+    """Mean of the unit-length positives minus the mean of the unit-length negatives.
+
+    Each embedding is normalised first so every input artist weighs the same in
+    the cosine query, whatever the norm it was stored with.
+    """
+
+    def unit_mean(items: Sequence[StoredEmbedding]) -> np.ndarray[Any, np.dtype[np.float64]]:
+        vectors = np.stack([parse_vector(item.vector) for item in items])
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        mean: np.ndarray[Any, np.dtype[np.float64]] = vectors.mean(axis=0)
+        return mean
+
+    query = unit_mean(positives)
+    if negatives:
+        query = query - unit_mean(negatives)
+    if float(np.linalg.norm(query)) < 1e-9:
+        raise InvalidArgument(
+            "negative_artists", "cancel the positive artists out: the query vector has zero norm"
+        )
+    return vector_literal(query)
