@@ -10,7 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
@@ -27,7 +27,12 @@ from stylebase.similarity.v1 import similarity_service_pb2 as pb
 from stylebase.similarity.v1 import similarity_service_pb2_grpc as pb_grpc
 
 DIM = 384
-Stub = pb_grpc.SimilarityServiceStub
+if TYPE_CHECKING:
+    # The async stub type exists only in the generated .pyi; at runtime the plain
+    # stub class, given an aio channel, is the async stub.
+    Stub = pb_grpc.SimilarityServiceAsyncStub
+else:
+    Stub = pb_grpc.SimilarityServiceStub
 
 
 @dataclass
@@ -103,7 +108,7 @@ async def similarity_stub(settings: ServiceSettings, **overrides: Any) -> AsyncI
     running = await start_server("127.0.0.1:0", await build(service_settings))
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-            yield Stub(channel)
+            yield pb_grpc.SimilarityServiceStub(channel)
     finally:
         await stop_server(running, grace=0)
 
