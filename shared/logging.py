@@ -9,6 +9,8 @@ import sys
 import uuid
 from datetime import UTC, datetime
 
+from opentelemetry import trace
+
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
 _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
@@ -34,6 +36,11 @@ class JsonFormatter(logging.Formatter):
         request_id = request_id_var.get()
         if request_id:
             entry["request_id"] = request_id
+        # The trace this line belongs to, when the RPC is traced (here or by its caller).
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            entry["trace_id"] = trace.format_trace_id(span.trace_id)
+            entry["span_id"] = trace.format_span_id(span.span_id)
         # Fields passed with extra={...} travel as top-level keys.
         for key, value in vars(record).items():
             if key not in _RESERVED and not key.startswith("_"):

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from shared.grpc.server import PortInUse, ServiceDefinition, serve
 from shared.logging import configure_logging
 from shared.settings import ServiceName, ServiceSettings
+from shared.telemetry import configure_tracing
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +34,17 @@ def run_service(name: ServiceName) -> int:
         print(f"{name}: invalid configuration: {exc}", file=sys.stderr)
         return 2
     configure_logging(name, settings.log_level, settings.log_format)
+    tracing = configure_tracing(name, settings)
     address = f"{settings.grpc_host}:{settings.port_of(name)}"
 
     async def main() -> None:
         definition = await build(settings)
-        await serve(address, definition, grace=settings.grpc_grace_seconds)
+        await serve(
+            address,
+            definition,
+            grace=settings.grpc_grace_seconds,
+            metrics_port=settings.metrics_port_of(name),
+        )
 
     try:
         asyncio.run(main())
@@ -47,4 +54,7 @@ def run_service(name: ServiceName) -> int:
     except ValueError as exc:
         log.error("%s", exc)
         return 2
+    finally:
+        if tracing is not None:
+            tracing.shutdown()  # flushes spans still batched
     return 0

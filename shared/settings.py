@@ -15,6 +15,14 @@ DEFAULT_PORTS: dict[str, int] = {
     "analytics": 50053,
     "cache_gateway": 50054,
 }
+# Where each service serves Prometheus metrics over HTTP.
+DEFAULT_METRICS_PORTS: dict[str, int] = {
+    "profile_store": 9101,
+    "similarity": 9102,
+    "analytics": 9103,
+    "cache_gateway": 9104,
+}
+TRACE_EXPORTERS = ("none", "console", "otlp", "file")
 
 
 def to_asyncpg_url(url: str) -> str:
@@ -53,6 +61,8 @@ class DatabaseSettings(_Base):
     db_connect_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
     # Vector index the migrations build on style_profiles.embedding.
     db_vector_index: Literal["hnsw", "ivfflat"] = "hnsw"
+    # Statements slower than this are logged with their EXPLAIN plan; 0 logs every one.
+    db_slow_query_ms: int = Field(default=500, ge=0, le=3_600_000)
 
     @field_validator("database_url", "readonly_database_url")
     @classmethod
@@ -102,7 +112,53 @@ class LogSettings(_Base):
         return value.upper() if isinstance(value, str) else value
 
 
-class ServiceSettings(DatabaseSettings, EndpointSettings, LogSettings):
+class ObservabilitySettings(_Base):
+    """Metrics ports and trace export; the OTEL_* names are OpenTelemetry's standard ones."""
+
+    # 0 turns a service's metrics endpoint off.
+    profile_store_metrics_port: int = Field(
+        default=DEFAULT_METRICS_PORTS["profile_store"], ge=0, le=65535
+    )
+    similarity_metrics_port: int = Field(
+        default=DEFAULT_METRICS_PORTS["similarity"], ge=0, le=65535
+    )
+    analytics_metrics_port: int = Field(default=DEFAULT_METRICS_PORTS["analytics"], ge=0, le=65535)
+    cache_gateway_metrics_port: int = Field(
+        default=DEFAULT_METRICS_PORTS["cache_gateway"], ge=0, le=65535
+    )
+    # Comma-separated: none, console, otlp (OTEL_EXPORTER_OTLP_* configure it), file.
+    otel_traces_exporter: str = "none"
+    # Empty: the service's own name.
+    otel_service_name: str = ""
+    # Empty: the OTLP exporter's default (localhost:4317).
+    otel_exporter_otlp_endpoint: str = ""
+    # Where the file exporter appends spans, one JSON object a line.
+    stylebase_traces_file: str = ""
+
+    @field_validator("otel_traces_exporter")
+    @classmethod
+    def _exporters(cls, value: str) -> str:
+        names = [name.strip().lower() for name in value.split(",") if name.strip()]
+        unknown = [name for name in names if name not in TRACE_EXPORTERS]
+        if unknown:
+            raise ValueError(f"unknown exporter {unknown[0]!r}; use {', '.join(TRACE_EXPORTERS)}")
+        return ",".join(names) or "none"
+
+    @model_validator(mode="after")
+    def _file_needs_path(self) -> ObservabilitySettings:
+        if "file" in self.trace_exporters() and not self.stylebase_traces_file:
+            raise ValueError("OTEL_TRACES_EXPORTER=file needs STYLEBASE_TRACES_FILE")
+        return self
+
+    def trace_exporters(self) -> list[str]:
+        return [name for name in self.otel_traces_exporter.split(",") if name != "none"]
+
+    def metrics_port_of(self, service: ServiceName) -> int:
+        port: int = getattr(self, f"{service}_metrics_port")
+        return port
+
+
+class ServiceSettings(DatabaseSettings, EndpointSettings, LogSettings, ObservabilitySettings):
     """What every service process reads; each service extends it."""
 
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import asyncpg
-from sqlalchemy import text
+from sqlalchemy import Connection, event, text
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import (
@@ -24,8 +27,11 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from shared.db.models import Base
 from shared.errors import Aborted, DeadlineExceeded, StylebaseError, Unavailable
+from shared.metrics import DB_QUERY_DURATION, DB_QUERY_ERRORS, DB_SLOW_QUERIES, track_pool
 from shared.settings import DatabaseSettings
+from shared.telemetry import end_sql_span, start_sql_span
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -59,6 +65,100 @@ def _is_connect_error(exc: BaseException) -> bool:
     return any(isinstance(e, _CONNECT_ERRORS) for e in chain if e is not None) or (
         _sqlstate(exc) or ""
     ).startswith("08")
+
+
+# Label values stay bounded: known verbs and the schema's own tables, anything else "other".
+_VERBS = frozenset(
+    {"select", "insert", "update", "delete", "with", "set", "show", "savepoint", "release"}
+)
+_EXPLAINABLE = frozenset({"select", "insert", "update", "delete", "with"})
+_TABLES = frozenset(Base.metadata.tables)
+_VERB_RE = re.compile(r"^\s*(\w+)")
+_TABLE_RE = re.compile(r'\b(?:FROM|INTO|UPDATE|JOIN)\s+"?(\w+)"?', re.IGNORECASE)
+_QUERY_KEY = "stylebase_query"
+
+
+def classify_statement(statement: str) -> tuple[str, str]:
+    """(operation, table) labels of a SQL statement."""
+    verb = _VERB_RE.match(statement)
+    operation = verb.group(1).lower() if verb else "other"
+    table = _TABLE_RE.search(statement)
+    name = table.group(1).lower() if table else "none"
+    return (
+        operation if operation in _VERBS else "other",
+        name if name in _TABLES or name == "none" else "other",
+    )
+
+
+def _explain(conn: Connection, statement: str, parameters: Any) -> str:
+    """The plan of a statement that just ran, in a savepoint so a failure cannot spoil the
+    caller's transaction (EXPLAIN without ANALYZE runs nothing)."""
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute("SAVEPOINT stylebase_explain")
+        try:
+            cursor.execute("EXPLAIN " + statement, parameters)
+            plan = "\n".join(str(row[0]) for row in cursor.fetchall())
+            cursor.execute("RELEASE SAVEPOINT stylebase_explain")
+            return plan
+        except Exception as exc:
+            cursor.execute("ROLLBACK TO SAVEPOINT stylebase_explain")
+            return f"(no plan: {exc})"
+    except Exception as exc:  # outside a transaction no savepoint can be taken
+        return f"(no plan: {exc})"
+    finally:
+        cursor.close()
+
+
+def observe_queries(engine: AsyncEngine, *, slow_query_ms: int) -> None:
+    """Time every statement (histogram and SQL span), count failures, log slow ones with plans."""
+    sync = engine.sync_engine
+
+    @event.listens_for(sync, "before_cursor_execute")
+    def _before(conn: Connection, _c: Any, statement: str, _p: Any, _ctx: Any, _m: bool) -> None:
+        operation, table = classify_statement(statement)
+        span = start_sql_span(operation, table, statement)
+        conn.info[_QUERY_KEY] = (time.perf_counter(), span, operation, table)
+
+    @event.listens_for(sync, "after_cursor_execute")
+    def _after(
+        conn: Connection, _c: Any, statement: str, parameters: Any, ctx: Any, many: bool
+    ) -> None:
+        entry = conn.info.pop(_QUERY_KEY, None)
+        if entry is None:
+            return
+        started, span, operation, table = entry
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        DB_QUERY_DURATION.labels(operation, table).observe(elapsed_ms / 1000)
+        end_sql_span(span)
+        if elapsed_ms < slow_query_ms:
+            return
+        DB_SLOW_QUERIES.labels(operation).inc()
+        explainable = operation in _EXPLAINABLE and not many
+        if getattr(ctx, "is_server_side", False):
+            explainable = False
+        plan = _explain(conn, statement, parameters) if explainable else "(not explainable)"
+        log.warning(
+            "slow query: %s on %s took %.1f ms (DB_SLOW_QUERY_MS=%s)",
+            operation,
+            table,
+            elapsed_ms,
+            slow_query_ms,
+            extra={"duration_ms": round(elapsed_ms, 1), "statement": statement, "plan": plan},
+        )
+
+    @event.listens_for(sync, "handle_error")
+    def _error(context: ExceptionContext) -> None:
+        conn = context.connection
+        entry = conn.info.pop(_QUERY_KEY, None) if conn is not None else None
+        if entry is None:
+            return
+        _, span, operation, _ = entry
+        orig = context.original_exception
+        # The driver's own class (UniqueViolationError, QueryCanceledError) says the most.
+        cause = orig.__cause__ if orig.__cause__ is not None else orig
+        DB_QUERY_ERRORS.labels(operation, type(cause).__name__).inc()
+        end_sql_span(span, cause)
 
 
 def translate_db_error(exc: BaseException) -> BaseException:
@@ -99,10 +199,13 @@ def create_engine(
 class Database:
     """The process's engine and session factory; one session per unit of work."""
 
-    def __init__(self, engine: AsyncEngine, settings: DatabaseSettings) -> None:
+    def __init__(self, engine: AsyncEngine, settings: DatabaseSettings, *, name: str = "") -> None:
         self.engine = engine
         self.settings = settings
+        self.name = name or engine.url.database or "database"
         self.sessions = async_sessionmaker(engine, expire_on_commit=False)
+        observe_queries(engine, slow_query_ms=settings.db_slow_query_ms)
+        track_pool(self)
 
     @classmethod
     def connect(
@@ -111,7 +214,8 @@ class Database:
         url = (
             settings.readonly_database_url if readonly and settings.readonly_database_url else None
         )
-        return cls(create_engine(settings, application_name=application_name, url=url), settings)
+        engine = create_engine(settings, application_name=application_name, url=url)
+        return cls(engine, settings, name=application_name + ("-readonly" if url else ""))
 
     @asynccontextmanager
     async def transaction(self, *, time_left: float | None = None) -> AsyncIterator[AsyncSession]:
@@ -132,6 +236,8 @@ class Database:
                     await session.execute(text(f"SET LOCAL statement_timeout = {ms}"))
                 yield session
         except (DBAPIError, PoolTimeoutError, OSError) as exc:
+            if not isinstance(exc, DBAPIError):  # statement errors are counted by the engine hook
+                DB_QUERY_ERRORS.labels("connect", type(exc).__name__).inc()
             raise translate_db_error(exc) from exc
 
     async def run(

@@ -1,4 +1,5 @@
-"""Channels to other Stylebase services: retries in the service config, request ids passed on."""
+"""Channels to other Stylebase services: retries in the service config, request ids and
+trace context passed on."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import grpc
 
 from shared.grpc.interceptors import REQUEST_ID_KEY
 from shared.logging import request_id_var
+from shared.telemetry import TracingClientInterceptor
 
 # Retry only what is safe to retry: the call never reached a server.
 _SERVICE_CONFIG = json.dumps(
@@ -60,5 +62,5 @@ def service_channel(target: str, *, retries: bool = True) -> grpc.aio.Channel:
         ("grpc.max_reconnect_backoff_ms", 2000),
         ("grpc.keepalive_time_ms", 30_000),
     ]
-    interceptors: list[Any] = [_RequestIdInterceptor()]
+    interceptors: list[Any] = [_RequestIdInterceptor(), TracingClientInterceptor()]
     return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)

@@ -16,11 +16,16 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from shared.grpc.interceptors import ErrorInterceptor
+from shared.metrics import MetricsServer
+from shared.telemetry import TelemetryInterceptor
 
 log = logging.getLogger(__name__)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+# Health name that is SERVING while the process runs, whatever its dependencies do:
+# liveness probes ask for it, so an outage of PostgreSQL or Redis never restarts a pod.
+LIVENESS = "liveness"
 
 
 class PortInUse(RuntimeError):
@@ -57,7 +62,9 @@ class RunningServer:
 
 def create_server(address: str, definition: ServiceDefinition) -> tuple[grpc.aio.Server, int]:
     """Build (not start) the server and bind it; port 0 picks a free port."""
-    server = grpc.aio.server(interceptors=[*definition.interceptors, ErrorInterceptor()])
+    # Telemetry is outermost, so it records the status the client really gets.
+    interceptors = [TelemetryInterceptor(), *definition.interceptors, ErrorInterceptor()]
+    server = grpc.aio.server(interceptors=interceptors)
     definition.register(server)
     health = HealthServicer()
     definition.health = health
@@ -103,6 +110,7 @@ async def start_server(address: str, definition: ServiceDefinition) -> RunningSe
     running = RunningServer(server, port, definition.health, definition)
     for name in ["", *definition.full_names]:
         await running.health.set(name, NOT_SERVING)
+    await running.health.set(LIVENESS, SERVING)
     running.tasks.append(asyncio.create_task(_watch_readiness(running)))
     running.tasks.extend(asyncio.create_task(job()) for job in definition.background)
     log.info("%s listening on %s", definition.name, address.rsplit(":", 1)[0] + f":{port}")
@@ -126,9 +134,34 @@ async def stop_server(running: RunningServer, grace: float) -> None:
     log.info("%s stopped", running.definition.name)
 
 
-async def serve(address: str, definition: ServiceDefinition, *, grace: float = 5.0) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+def start_metrics(host: str, port: int, variable: str) -> MetricsServer | None:
+    """The Prometheus endpoint; a busy port costs the metrics, not the service."""
+    try:
+        metrics = MetricsServer(host.strip("[]"), port)
+    except OSError as exc:
+        log.warning(
+            "metrics not served: cannot listen on %s:%s (%s); set %s", host, port, exc, variable
+        )
+        return None
+    log.info("metrics on http://%s:%s/metrics", host, metrics.port)
+    return metrics
+
+
+async def serve(
+    address: str,
+    definition: ServiceDefinition,
+    *,
+    grace: float = 5.0,
+    metrics_port: int = 0,
+) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully.
+
+    metrics_port > 0 also serves Prometheus metrics over HTTP on the gRPC host.
+    """
     running = await start_server(address, definition)
+    host = address.rsplit(":", 1)[0]
+    variable = f"{definition.name.upper()}_METRICS_PORT"
+    metrics = start_metrics(host, metrics_port, variable) if metrics_port else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -141,3 +174,5 @@ async def serve(address: str, definition: ServiceDefinition, *, grace: float = 5
         waiter.cancel()
     finally:
         await stop_server(running, grace)
+        if metrics is not None:
+            metrics.stop()

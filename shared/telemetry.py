@@ -1,0 +1,216 @@
+"""Tracing and gRPC metrics: exporters from OTEL_* settings, propagation in metadata, SQL spans."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
+from opentelemetry.trace import SpanKind, Status, StatusCode, format_span_id, format_trace_id
+
+from shared.metrics import GRPC_SERVER_HANDLED, GRPC_SERVER_HANDLING
+from shared.settings import ObservabilitySettings
+
+log = logging.getLogger(__name__)
+
+# A proxy: it follows whichever provider configure_tracing sets, and is a no-op without one
+# (context still propagates, so a traced caller's trace id reaches the logs).
+tracer = trace.get_tracer("stylebase")
+
+
+class JsonLinesSpanExporter(SpanExporter):
+    """Appends finished spans to a file, one JSON object a line (OTEL_TRACES_EXPORTER=file)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        lines = "".join(json.dumps(span_record(span), default=str) + "\n" for span in spans)
+        with self._lock, open(self.path, "a", encoding="utf-8") as out:
+            out.write(lines)
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        return None
+
+
+def span_record(span: ReadableSpan) -> dict[str, Any]:
+    context = span.get_span_context()
+    assert context is not None
+    return {
+        "name": span.name,
+        "service": span.resource.attributes.get("service.name"),
+        "kind": span.kind.name,
+        "trace_id": format_trace_id(context.trace_id),
+        "span_id": format_span_id(context.span_id),
+        "parent_span_id": format_span_id(span.parent.span_id) if span.parent else None,
+        "start_ns": span.start_time,
+        "end_ns": span.end_time,
+        "status": span.status.status_code.name,
+        "attributes": dict(span.attributes or {}),
+    }
+
+
+def configure_tracing(service: str, settings: ObservabilitySettings) -> TracerProvider | None:
+    """Install the process's tracer provider; None (no spans recorded) when no exporter is set."""
+    exporters = settings.trace_exporters()
+    if not exporters:
+        return None
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": settings.otel_service_name or service})
+    )
+    for name in exporters:
+        if name == "console":
+            provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+        elif name == "otlp":
+            # Imported here: the OTLP stack is heavy and most processes do not export.
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+            endpoint = settings.otel_exporter_otlp_endpoint or None
+            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+        elif name == "file":
+            # Written at once, so a reader sees every span of a finished RPC.
+            exporter = JsonLinesSpanExporter(settings.stylebase_traces_file)
+            provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    log.info("tracing to %s", ", ".join(exporters))
+    return provider
+
+
+def _status_of(context: grpc.aio.ServicerContext[Any, Any], default: grpc.StatusCode) -> Any:
+    code = context.code()
+    return code if isinstance(code, grpc.StatusCode) else default
+
+
+UnaryHandler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+
+
+class TelemetryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Outermost server interceptor: a SERVER span joined to the caller's trace, and the
+    gRPC request counter and latency histogram with the status code the client saw."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = await continuation(handler_call_details)
+        # Unary RPCs only: health Watch and reflection stream for as long as the client likes.
+        if handler is None or handler.unary_unary is None:
+            return handler
+        inner: UnaryHandler = handler.unary_unary
+        service, _, method = handler_call_details.method.lstrip("/").partition("/")
+        attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
+
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            carrier = {
+                key: value
+                for key, value in (context.invocation_metadata() or ())
+                if isinstance(value, str)
+            }
+            started = time.perf_counter()
+            code = grpc.StatusCode.UNKNOWN
+            with tracer.start_as_current_span(
+                f"{service}/{method}",
+                context=propagate.extract(carrier),
+                kind=SpanKind.SERVER,
+                attributes=attributes,
+            ) as span:
+                try:
+                    response = await inner(request, context)
+                    code = _status_of(context, grpc.StatusCode.OK)
+                    return response
+                except grpc.aio.AbortError:
+                    code = _status_of(context, grpc.StatusCode.UNKNOWN)
+                    raise
+                except asyncio.CancelledError:
+                    code = grpc.StatusCode.CANCELLED
+                    raise
+                finally:
+                    GRPC_SERVER_HANDLED.labels(service, method, code.name).inc()
+                    GRPC_SERVER_HANDLING.labels(service, method).observe(
+                        time.perf_counter() - started
+                    )
+                    span.set_attribute("rpc.grpc.status_code", code.value[0])
+                    if code is not grpc.StatusCode.OK:
+                        span.set_status(Status(StatusCode.ERROR, code.name))
+
+        return grpc.unary_unary_rpc_method_handler(
+            wrapper,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+class TracingClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
+    """A CLIENT span per call, its context sent in the metadata (W3C traceparent)."""
+
+    async def intercept_unary_unary(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Any],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        raw = client_call_details.method
+        name = (raw.decode() if isinstance(raw, bytes) else str(raw)).lstrip("/")
+        service, _, method = name.partition("/")
+        with tracer.start_as_current_span(
+            name,
+            kind=SpanKind.CLIENT,
+            attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": method},
+        ) as span:
+            carrier: dict[str, str] = {}
+            propagate.inject(carrier)
+            metadata = grpc.aio.Metadata(*(client_call_details.metadata or ()))
+            for key, value in carrier.items():
+                metadata[key] = value
+            details = grpc.aio.ClientCallDetails(
+                client_call_details.method,
+                client_call_details.timeout,
+                metadata,
+                client_call_details.credentials,
+                client_call_details.wait_for_ready,
+            )
+            call = await continuation(details, request)
+            # Waiting for the status here keeps the span as long as the call.
+            code = await call.code()
+            span.set_attribute("rpc.grpc.status_code", code.value[0])
+            if code is not grpc.StatusCode.OK:
+                span.set_status(Status(StatusCode.ERROR, code.name))
+            return call
+
+
+def start_sql_span(operation: str, table: str, statement: str) -> trace.Span:
+    """A CLIENT span for one statement, child of whatever span is current (the RPC's)."""
+    return tracer.start_span(
+        f"{operation.upper()} {table}",
+        kind=SpanKind.CLIENT,
+        attributes={
+            "db.system": "postgresql",
+            "db.operation": operation,
+            "db.sql.table": table,
+            "db.statement": statement[:2000],
+        },
+    )
+
+
+def end_sql_span(span: trace.Span, error: BaseException | None = None) -> None:
+    if error is not None:
+        span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+    span.end()
