@@ -21,9 +21,5 @@ PENDING_RPCS: frozenset[str] = frozenset(
         "stylebase.analytics.v1.AnalyticsService/RecordGeneration",
         "stylebase.analytics.v1.AnalyticsService/GetStats",
         "stylebase.analytics.v1.AnalyticsService/GetArtistHistory",
-        "stylebase.cache_gateway.v1.CacheGatewayService/GetStyleProfile",
-        "stylebase.cache_gateway.v1.CacheGatewayService/InvalidateProfile",
-        "stylebase.cache_gateway.v1.CacheGatewayService/GetCacheStats",
-        "stylebase.cache_gateway.v1.CacheGatewayService/WarmCache",
     }
 )

@@ -2,28 +2,88 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
+from services.cache_gateway.coherence import RedisLink
+from services.cache_gateway.config import Settings
+from services.cache_gateway.gateway import Gateway
+from services.cache_gateway.memory import MemoryTier
+from services.cache_gateway.redis_tier import RedisTier
 from services.cache_gateway.servicer import CacheGatewayServicer
-from shared.grpc.server import ServiceDefinition
-from shared.settings import RedisSettings, ServiceSettings
+from services.cache_gateway.stats import Stats
+from services.cache_gateway.store_client import StoreClient
+from shared.grpc.server import NOT_SERVING, SERVING, ServiceDefinition
 from stylebase.cache_gateway.v1 import cache_gateway_service_pb2 as pb
 from stylebase.cache_gateway.v1 import cache_gateway_service_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
+FULL_NAME = pb.DESCRIPTOR.services_by_name["CacheGatewayService"].full_name
+# Health name of the Redis dependency: NOT_SERVING while Redis is unreachable, while
+# the gateway itself stays SERVING from its in-process tier and the store.
+REDIS_HEALTH_NAME = f"{FULL_NAME}/redis"
+HOUSEKEEPING_SECONDS = 1.0
 
-class Settings(ServiceSettings, RedisSettings):
-    """Settings of the cache gateway process."""
+__all__ = ["REDIS_HEALTH_NAME", "Settings", "build"]
 
 
 async def build(settings: Settings) -> ServiceDefinition:
+    memory = MemoryTier(
+        max_entries=settings.cache_memory_max_entries, max_bytes=settings.cache_memory_max_bytes
+    )
+    store = StoreClient(
+        settings.target_of("profile_store"), timeout=settings.cache_store_timeout_seconds
+    )
+    redis: RedisTier | None = None
     if settings.redis_url is None:
         log.info("REDIS_URL is not set: serving from the in-process tier only")
-    # Abstract while RPCs are pending (shared.pending); mypy flags this once none are.
-    servicer = CacheGatewayServicer()  # type: ignore[abstract]
-    return ServiceDefinition(
+    else:
+        redis = RedisTier(
+            settings.redis_url,
+            prefix=settings.redis_key_prefix,
+            ttl_seconds=settings.redis_ttl_seconds,
+            max_bytes=settings.redis_max_bytes,
+            timeout=settings.redis_timeout_seconds,
+        )
+    stats = Stats()
+    gateway = Gateway(settings, memory, store, redis, stats)
+    servicer = CacheGatewayServicer(gateway)
+    definition = ServiceDefinition(
         name="cache_gateway",
-        full_names=[pb.DESCRIPTOR.services_by_name["CacheGatewayService"].full_name],
+        full_names=[FULL_NAME],
         register=lambda server: pb_grpc.add_CacheGatewayServiceServicer_to_server(servicer, server),
     )
+
+    async def report_redis(up: bool) -> None:
+        if definition.health is not None:
+            await definition.health.set(REDIS_HEALTH_NAME, SERVING if up else NOT_SERVING)
+
+    async def warm_after_reconnect() -> None:
+        await gateway.warm([], settings.cache_warm_top_n)
+
+    async def housekeeping() -> None:
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_SECONDS)
+            try:
+                await gateway.flush_reads()
+                await gateway.watch_store()
+            except Exception:
+                log.exception("cache housekeeping failed")
+
+    definition.background.append(housekeeping)
+    definition.cleanups.append(store.close)
+    if redis is not None:
+        gateway.link = RedisLink(
+            redis,
+            memory,
+            stats,
+            breaker_seconds=settings.redis_breaker_seconds,
+            health_interval=settings.redis_health_interval_seconds,
+            ack_timeout=settings.cache_ack_timeout_seconds,
+            on_state=report_redis,
+            on_recovered=warm_after_reconnect,
+        )
+        definition.background.append(gateway.link.run)
+        definition.cleanups.append(redis.close)
+    return definition

@@ -1,0 +1,247 @@
+"""Coherence between replicas through Redis: invalidations by pub/sub with acknowledgements,
+the circuit breaker, health of the Redis dependency, and recovery after an outage."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio.client import PubSub
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from services.cache_gateway.breaker import Breaker
+from services.cache_gateway.memory import MemoryTier
+from services.cache_gateway.redis_tier import RedisError, RedisTier, error_kind
+from services.cache_gateway.stats import Stats
+
+log = logging.getLogger(__name__)
+
+# Invalidations Redis missed are replayed on recovery; past this many, the generation
+# is bumped instead, which drops every copy filled before the outage.
+MAX_MISSED = 100_000
+FAILURES = (RedisError, OSError, TimeoutError)
+
+
+@dataclass
+class _Ack:
+    needed: int | None = None
+    got: int = 0
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def check(self) -> None:
+        if self.needed is not None and self.got >= self.needed:
+            self.done.set()
+
+
+class RedisLink:
+    """While `up`, every replica hears every invalidation before InvalidateProfile returns."""
+
+    def __init__(
+        self,
+        tier: RedisTier,
+        memory: MemoryTier,
+        stats: Stats,
+        *,
+        breaker_seconds: float,
+        health_interval: float,
+        ack_timeout: float,
+        on_state: Callable[[bool], Awaitable[None]],
+        on_recovered: Callable[[], Awaitable[Any]],
+    ) -> None:
+        self.tier = tier
+        self.memory = memory
+        self.stats = stats
+        self.breaker = Breaker(breaker_seconds)
+        self.health_interval = health_interval
+        self.ack_timeout = ack_timeout
+        self.on_state = on_state
+        self.on_recovered = on_recovered
+        self.replica = uuid.uuid4().hex[:12]
+        self.gen: int | None = None
+        self.up = False
+        self.missed: dict[str, int] = {}
+        self.missed_overflow = False
+        self._seq = 0
+        self._acks: dict[str, _Ack] = {}
+        self._wake = asyncio.Event()
+        self._subscriber: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- failures and the breaker ------------------------------------------------------
+
+    def fail(self, exc: BaseException) -> None:
+        """A Redis call failed: stop using Redis until the monitor has reconnected."""
+        self.stats.error(error_kind(exc))
+        if self.up:
+            log.warning("Redis unreachable, serving in degraded mode: %s", exc)
+            self.up = False
+            self.breaker.trip(time.monotonic())
+            self._wake.set()
+
+    def remember(self, name: str, version: int) -> None:
+        """An invalidation Redis did not get: replayed when it is back."""
+        if len(self.missed) >= MAX_MISSED and name not in self.missed:
+            self.missed.clear()
+            self.missed_overflow = True
+        self.missed[name] = max(version, self.missed.get(name, 0))
+
+    # -- invalidation ------------------------------------------------------------------
+
+    async def invalidate(self, name: str, version: int, deleted: bool) -> bool:
+        """Drop copies below version in Redis and on every replica; False if Redis was down."""
+        if not self.up:
+            self.remember(name, version)
+            return False
+        self._seq += 1
+        msg_id = f"{self.replica}:{self._seq}"
+        ack = self._acks[msg_id] = _Ack()
+        message = json.dumps(
+            {"t": "i", "o": self.replica, "id": msg_id, "n": name, "v": version, "d": deleted}
+        )
+        try:
+            # Every subscribed replica, this one included, acknowledges once it has
+            # applied the drop: when this returns, no replica serves below version.
+            ack.needed = await self.tier.invalidate(name, version, message)
+            ack.check()
+            await asyncio.wait_for(ack.done.wait(), self.ack_timeout)
+        except TimeoutError:
+            self.stats.error("ack_timeout")
+            log.warning("%d of %s replicas acknowledged %s", ack.got, ack.needed, msg_id)
+        except FAILURES as exc:
+            self.fail(exc)
+            self.remember(name, version)
+            return False
+        finally:
+            del self._acks[msg_id]
+        return True
+
+    def apply(self, name: str, version: int, deleted: bool) -> None:
+        self.memory.raise_floor(name, version)
+        if deleted:
+            self.memory.put_negative(name, version, time.monotonic(), self.memory.epoch)
+
+    # -- the subscriber ----------------------------------------------------------------
+
+    async def _listen(self, pubsub: PubSub) -> None:
+        ack_channel = self.tier.ack_channel(self.replica).encode()
+        try:
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+                if message is None:
+                    continue
+                if message["channel"] == ack_channel:
+                    ack = self._acks.get(message["data"].decode())
+                    if ack is not None:
+                        ack.got += 1
+                        ack.check()
+                else:
+                    await self._on_message(json.loads(message["data"]))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.fail(exc)
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _on_message(self, body: dict[str, Any]) -> None:
+        if body["t"] == "i":
+            self.apply(str(body["n"]), int(body["v"]), bool(body["d"]))
+            if body.get("id"):
+                await self.tier.publish(self.tier.ack_channel(str(body["o"])), str(body["id"]))
+        elif body["t"] == "g":
+            self._adopt(int(body["g"]))
+
+    def _adopt(self, gen: int) -> None:
+        if self.gen is None or gen > self.gen:
+            log.info("cache generation %s (was %s): in-process copies dropped", gen, self.gen)
+            self.gen = gen
+            self.memory.clear()
+
+    # -- monitor and recovery ----------------------------------------------------------
+
+    async def run(self) -> None:
+        """Background task: pings while up, reconnects with backoff while down."""
+        await self.on_state(False)
+        try:
+            while True:
+                if self.up:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self.health_interval)
+                    self._wake.clear()
+                    if self.up:
+                        try:
+                            await self.tier.ping()
+                        except FAILURES as exc:
+                            self.fail(exc)
+                    if self.up and (self._subscriber is None or self._subscriber.done()):
+                        self.fail(RedisConnectionError("the subscription was lost"))
+                    if not self.up:
+                        await self.on_state(False)
+                    continue
+                await asyncio.sleep(self.breaker.wait(time.monotonic()))
+                try:
+                    await self._connect()
+                except FAILURES as exc:
+                    self.stats.error(error_kind(exc))
+                    self.breaker.trip(time.monotonic())
+                    await self._stop_subscriber()
+                    continue
+                await self.on_state(True)
+                self._spawn(self.on_recovered())
+        finally:
+            await self._stop_subscriber()
+            for task in list(self._tasks):
+                task.cancel()
+
+    async def _connect(self) -> None:
+        await self.tier.ping()
+        await self._stop_subscriber()
+        pubsub = self.tier.subscriber_client.pubsub()
+        await pubsub.subscribe(self.tier.channel, self.tier.ack_channel(self.replica))
+        self._subscriber = asyncio.create_task(self._listen(pubsub))
+        missed, overflow = dict(self.missed), self.missed_overflow
+        known = self.gen
+        gen = await self.tier.recover(known, missed, bump=overflow)
+        # Messages from other replicas may have been lost while down: start cold.
+        self.gen = gen
+        self.memory.clear()
+        for name, version in missed.items():
+            message = json.dumps({"t": "i", "o": self.replica, "n": name, "v": version, "d": False})
+            await self.tier.publish(self.tier.channel, message)
+            if self.missed.get(name) == version:
+                del self.missed[name]
+        self.missed_overflow = self.missed_overflow and not overflow
+        if known is not None and gen != known:
+            await self.tier.publish(self.tier.channel, json.dumps({"t": "g", "g": gen}))
+            self._spawn(self.tier.drop_generation(known))
+        self.breaker.close()
+        self.up = True
+        log.info("Redis reachable (generation %s, %d missed drops replayed)", gen, len(missed))
+
+    async def _stop_subscriber(self) -> None:
+        task, self._subscriber = self._subscriber, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def _spawn(self, work: Awaitable[Any]) -> None:
+        async def guarded() -> None:
+            try:
+                await work
+            except FAILURES as exc:
+                self.fail(exc)
+            except Exception:
+                log.exception("background cache work failed")
+
+        task = asyncio.create_task(guarded())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
