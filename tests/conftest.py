@@ -14,7 +14,16 @@ from shared.embedded.postgres import EmbeddedPostgres
 from shared.embedded.redis import RedisServer
 from shared.settings import ServiceSettings, to_asyncpg_url
 
-TABLES = ("generation_history", "research_sources", "style_profiles", "artists")
+TABLES = (
+    "generation_history",
+    "research_sources",
+    "style_profiles",
+    "artists",
+    "profile_invalidation_outbox",
+    "generation_rollups",
+    "generation_rollup_histogram",
+    "artist_generation_counts",
+)
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,14 @@
-"""Wiring of the profile_store service: settings → engine → servicer → server definition."""
+"""Wiring of the profile_store service: settings → engine → repository → servicer → definition."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from pydantic import Field, model_validator
+
+from services.profile_store import vectors
+from services.profile_store.invalidation import Invalidator
+from services.profile_store.repository import ProfileRepository
 from services.profile_store.servicer import ProfileStoreServicer
 from shared.db.engine import Database
 from shared.grpc.server import ServiceDefinition
@@ -13,15 +20,68 @@ from stylebase.profile_store.v1 import profile_store_service_pb2_grpc as pb_grpc
 class Settings(ServiceSettings):
     """Settings of the profile_store process."""
 
+    # Deadline of the InvalidateProfile call a save makes after its commit.
+    cache_invalidation_timeout_ms: int = Field(default=300, ge=10, le=10_000)
+    # How often the relay looks for invalidations the gateway has not acknowledged,
+    # and the longest it waits before retrying one.
+    profile_store_outbox_interval_seconds: float = Field(default=1.0, gt=0, le=60)
+    profile_store_outbox_max_backoff_seconds: float = Field(default=60.0, gt=0, le=3600)
 
-async def build(settings: Settings) -> ServiceDefinition:
+    @model_validator(mode="after")
+    def _backoff_covers_interval(self) -> Settings:
+        if (
+            self.profile_store_outbox_max_backoff_seconds
+            < self.profile_store_outbox_interval_seconds
+        ):
+            raise ValueError(
+                "PROFILE_STORE_OUTBOX_MAX_BACKOFF_SECONDS must be at least "
+                "PROFILE_STORE_OUTBOX_INTERVAL_SECONDS"
+            )
+        return self
+
+
+def connect_database(settings: ServiceSettings) -> Database:
+    """The store's engine, speaking pgvector's binary format (see vectors.py)."""
     db = Database.connect(settings, application_name="profile_store")
-    # Abstract while RPCs are pending (shared.pending); mypy flags this once none are.
-    servicer = ProfileStoreServicer()  # type: ignore[abstract]
-    return ServiceDefinition(
+    vectors.register_codec(db.engine)
+    return db
+
+
+def invalidator(settings: Settings, db: Database) -> Invalidator:
+    return Invalidator(
+        db,
+        settings.target_of("cache_gateway"),
+        timeout=settings.cache_invalidation_timeout_ms / 1000,
+        relay_interval=settings.profile_store_outbox_interval_seconds,
+        max_backoff=settings.profile_store_outbox_max_backoff_seconds,
+    )
+
+
+@dataclass
+class ProfileStore:
+    """The assembled service; tests reach its parts (the relay they drive themselves)."""
+
+    db: Database
+    invalidator: Invalidator
+    repository: ProfileRepository
+    definition: ServiceDefinition
+
+
+def assemble(settings: Settings) -> ProfileStore:
+    db = connect_database(settings)
+    gateway = invalidator(settings, db)
+    repository = ProfileRepository(db, gateway)
+    servicer = ProfileStoreServicer(repository)
+    definition = ServiceDefinition(
         name="profile_store",
         full_names=[pb.DESCRIPTOR.services_by_name["ProfileStoreService"].full_name],
         register=lambda server: pb_grpc.add_ProfileStoreServiceServicer_to_server(servicer, server),
         readiness=db.ping,
-        cleanups=[db.dispose],
+        cleanups=[gateway.close, db.dispose],
+        background=[gateway.relay_forever],
     )
+    return ProfileStore(db, gateway, repository, definition)
+
+
+async def build(settings: Settings) -> ServiceDefinition:
+    return assemble(settings).definition

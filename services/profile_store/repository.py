@@ -1,0 +1,287 @@
+"""The profile store's work: one transaction per call, invalidation after the commit."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.profile_store import artists, profiles
+from services.profile_store.invalidation import Invalidation, Invalidator, enqueue
+from services.profile_store.validation import ProfileInput, SourceInput
+from shared import convert, pagination
+from shared.db.engine import Database
+from shared.errors import Aborted, ArtistNotFound, NotFound
+from shared.metrics import STYLE_PROFILE_SAVES
+from shared.validation import uuid_value
+from stylebase.common.v1 import common_pb2
+
+
+@dataclass(frozen=True)
+class SavedProfile:
+    profile: common_pb2.StyleProfile
+    artist: common_pb2.Artist
+    artist_created: bool
+    cache_invalidated: bool
+
+
+@dataclass(frozen=True)
+class SavedVersion:
+    artist_name: str
+    artist_id: str
+    version: int
+
+
+@dataclass(frozen=True)
+class DeletedArtist:
+    artist_id: str
+    version: int
+    profile_deleted: bool
+    research_sources_deleted: int
+    cache_invalidated: bool
+
+
+class _Deadline:
+    """The caller's deadline, so work after the commit knows how much time is left."""
+
+    def __init__(self, time_left: float | None) -> None:
+        self._at = None if time_left is None else time.monotonic() + time_left
+
+    def left(self) -> float | None:
+        return None if self._at is None else self._at - time.monotonic()
+
+
+def _cursor(token: str, filters: str) -> tuple[Any, uuid.UUID] | None:
+    cursor = pagination.decode(token, filters=filters)
+    if cursor is None:
+        return None
+    return convert.from_timestamp(cursor.after_time), uuid_value(cursor.after_id, "page_token")
+
+
+class ProfileRepository:
+    """What the servicer and the demo loader call; invalidator None leaves it to the relay."""
+
+    def __init__(self, db: Database, invalidator: Invalidator | None = None) -> None:
+        self.db = db
+        self.invalidator = invalidator
+
+    async def _notify(self, events: Sequence[Invalidation], deadline: _Deadline) -> bool:
+        if self.invalidator is None:
+            return False
+        return await self.invalidator.notify(events, deadline.left())
+
+    async def get_or_create_artist(
+        self, name: str, *, time_left: float | None = None
+    ) -> tuple[common_pb2.Artist, bool]:
+        async def work(session: AsyncSession) -> tuple[common_pb2.Artist, bool]:
+            # A concurrent delete can remove the row between the two statements; go again.
+            for _ in range(3):
+                row = await artists.create(session, name)
+                if row is not None:
+                    return profiles.artist_to_proto(row), True
+                row = await artists.by_name(session, name)
+                if row is not None:
+                    return profiles.artist_to_proto(row), False
+            raise Aborted(f"artist '{name}' was created and deleted concurrently; retry")
+
+        return await self.db.run(work, time_left=time_left)
+
+    async def get_artist(
+        self,
+        *,
+        name: str | None = None,
+        artist_id: uuid.UUID | None = None,
+        time_left: float | None = None,
+    ) -> common_pb2.Artist:
+        async def work(session: AsyncSession) -> Any:
+            if artist_id is not None:
+                return await artists.by_id(session, artist_id)
+            assert name is not None
+            return await artists.by_name(session, name)
+
+        row = await self.db.run(work, time_left=time_left)
+        if row is None:
+            if artist_id is not None:
+                raise NotFound(
+                    f"Artist with id '{artist_id}' not found",
+                    reason=ArtistNotFound.reason,
+                    metadata={"artist_id": str(artist_id)},
+                )
+            raise ArtistNotFound(name or "")
+        return profiles.artist_to_proto(row)
+
+    async def list_artists(
+        self, *, status: str | None, page_size: int, page_token: str, time_left: float | None
+    ) -> tuple[list[common_pb2.Artist], str]:
+        filters = pagination.filter_hash("artists", status)
+        after = _cursor(page_token, filters)
+
+        async def work(session: AsyncSession) -> list[Any]:
+            return await artists.page(session, status=status, after=after, limit=page_size + 1)
+
+        rows = await self.db.run(work, time_left=time_left)
+        token = ""
+        if len(rows) > page_size:
+            rows = rows[:page_size]
+            last = rows[-1]
+            token = pagination.encode(
+                after_id=str(last.id), after_time=last.created_at, filters=filters
+            )
+        return [profiles.artist_to_proto(r) for r in rows], token
+
+    async def set_research_status(
+        self, name: str, status: str, *, time_left: float | None = None
+    ) -> common_pb2.Artist:
+        async def work(session: AsyncSession) -> Any:
+            return await artists.set_status(session, name, status)
+
+        row = await self.db.run(work, time_left=time_left)
+        if row is None:
+            raise ArtistNotFound(name)
+        return profiles.artist_to_proto(row)
+
+    async def delete_artist(self, name: str, *, time_left: float | None = None) -> DeletedArtist:
+        deadline = _Deadline(time_left)
+
+        async def work(session: AsyncSession) -> artists.Deleted:
+            deleted = await artists.delete(session, name)
+            if deleted is None:
+                raise ArtistNotFound(name)
+            await enqueue(session, [Invalidation(name, deleted.version, deleted=True)])
+            return deleted
+
+        deleted = await self.db.run(work, time_left=time_left)
+        invalidated = await self._notify(
+            [Invalidation(name, deleted.version, deleted=True)], deadline
+        )
+        return DeletedArtist(
+            str(deleted.artist_id),
+            deleted.version,
+            deleted.profile_deleted,
+            deleted.sources_deleted,
+            invalidated,
+        )
+
+    async def save_profile(
+        self,
+        item: ProfileInput,
+        *,
+        expected_version: int | None = None,
+        time_left: float | None = None,
+    ) -> SavedProfile:
+        deadline = _Deadline(time_left)
+        name = item.artist_name
+
+        async def work(session: AsyncSession) -> tuple[profiles.ArtistRow, Any]:
+            artist = (await profiles.upsert_artists(session, [item]))[name]
+            artist_id = artist.proto.id
+            row: Any
+            if expected_version is None:
+                row = await profiles.upsert_profile(session, item, artist_id)
+            elif expected_version == 0:
+                row = await profiles.create_profile(session, item, artist_id)
+            else:
+                row = await profiles.replace_profile(session, item, artist_id, expected_version)
+            if row is None:
+                what = "must not exist yet" if expected_version == 0 else "has another version"
+                raise Aborted(
+                    f"the profile of '{name}' {what} (expected_version {expected_version}); "
+                    "read it again and retry"
+                )
+            await enqueue(session, [Invalidation(name, row.version)])
+            return artist, row
+
+        artist, row = await self.db.run(work, time_left=time_left)
+        STYLE_PROFILE_SAVES.inc()
+        invalidated = await self._notify([Invalidation(name, row.version)], deadline)
+        return SavedProfile(
+            profiles.profile_to_proto(row, name), artist.proto, artist.created, invalidated
+        )
+
+    async def batch_save(
+        self, items: Sequence[ProfileInput], *, time_left: float | None = None
+    ) -> tuple[list[SavedVersion], int]:
+        """All or nothing; returns the versions in request order and how many artists are new."""
+        deadline = _Deadline(time_left)
+
+        async def work(session: AsyncSession) -> tuple[list[SavedVersion], int]:
+            by_name = await profiles.upsert_artists(session, items)
+            ids = [by_name[item.artist_name].proto.id for item in items]
+            versions = await profiles.upsert_profiles(session, items, ids)
+            saved = [
+                SavedVersion(item.artist_name, artist_id, versions[artist_id])
+                for item, artist_id in zip(items, ids, strict=True)
+            ]
+            await enqueue(session, [Invalidation(s.artist_name, s.version) for s in saved])
+            return saved, sum(1 for a in by_name.values() if a.created)
+
+        saved, created = await self.db.run(work, time_left=time_left)
+        STYLE_PROFILE_SAVES.inc(len(saved))
+        await self._notify([Invalidation(s.artist_name, s.version) for s in saved], deadline)
+        return saved, created
+
+    async def get_profile(
+        self, name: str, *, time_left: float | None = None
+    ) -> common_pb2.StyleProfile:
+        async def work(session: AsyncSession) -> tuple[bool, Any]:
+            return await profiles.get_profile(session, name)
+
+        found, row = await self.db.run(work, time_left=time_left)
+        if not found:
+            raise ArtistNotFound(name)
+        if row is None:
+            raise NotFound(
+                f"Artist '{name}' has no style profile yet",
+                reason="PROFILE_NOT_FOUND",
+                metadata={"artist_name": name},
+            )
+        return profiles.profile_to_proto(row, name)
+
+    async def add_research_source(
+        self, name: str, item: SourceInput, *, time_left: float | None = None
+    ) -> common_pb2.ResearchSource:
+        async def work(session: AsyncSession) -> Any:
+            artist = await artists.by_name(session, name)
+            if artist is None:
+                raise ArtistNotFound(name)
+            return await artists.add_source(session, artist.id, item)
+
+        return artists.source_to_proto(await self.db.run(work, time_left=time_left))
+
+    async def list_research_sources(
+        self,
+        name: str,
+        *,
+        source_type: str | None,
+        page_size: int,
+        page_token: str,
+        time_left: float | None = None,
+    ) -> tuple[list[common_pb2.ResearchSource], str]:
+        filters = pagination.filter_hash("research_sources", name, source_type)
+        before = _cursor(page_token, filters)
+
+        async def work(session: AsyncSession) -> list[Any]:
+            artist = await artists.by_name(session, name)
+            if artist is None:
+                raise ArtistNotFound(name)
+            return await artists.sources_page(
+                session,
+                artist_id=artist.id,
+                source_type=source_type,
+                before=before,
+                limit=page_size + 1,
+            )
+
+        rows = await self.db.run(work, time_left=time_left)
+        token = ""
+        if len(rows) > page_size:
+            rows = rows[:page_size]
+            last = rows[-1]
+            token = pagination.encode(
+                after_id=str(last.id), after_time=last.collected_at, filters=filters
+            )
+        return [artists.source_to_proto(r) for r in rows], token
