@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 
 from services.cache_gateway.coherence import RedisLink
 from services.cache_gateway.config import Settings
@@ -25,10 +26,20 @@ FULL_NAME = pb.DESCRIPTOR.services_by_name["CacheGatewayService"].full_name
 REDIS_HEALTH_NAME = f"{FULL_NAME}/redis"
 HOUSEKEEPING_SECONDS = 1.0
 
-__all__ = ["REDIS_HEALTH_NAME", "Settings", "build"]
+__all__ = ["REDIS_HEALTH_NAME", "Parts", "Settings", "assemble", "build"]
+
+
+@dataclass
+class Parts:
+    gateway: Gateway
+    definition: ServiceDefinition
 
 
 async def build(settings: Settings) -> ServiceDefinition:
+    return assemble(settings).definition
+
+
+def assemble(settings: Settings) -> Parts:
     memory = MemoryTier(
         max_entries=settings.cache_memory_max_entries, max_bytes=settings.cache_memory_max_bytes
     )
@@ -86,4 +97,4 @@ async def build(settings: Settings) -> ServiceDefinition:
         )
         definition.background.append(gateway.link.run)
         definition.cleanups.append(redis.close)
-    return definition
+    return Parts(gateway, definition)

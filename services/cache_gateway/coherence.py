@@ -190,7 +190,9 @@ class RedisLink:
                 try:
                     await self._connect()
                 except FAILURES as exc:
-                    self.stats.error(error_kind(exc))
+                    # Counted apart: these are the breaker's probes, not requests.
+                    self.stats.error("redis_reconnect")
+                    log.debug("Redis still unreachable: %s", exc)
                     self.breaker.trip(time.monotonic())
                     await self._stop_subscriber()
                     continue

@@ -171,13 +171,17 @@ class Gateway:
         return await self.link.invalidate(name, version, deleted)
 
     async def most_read(self, n: int) -> list[str]:
+        """Redis's ranking (all replicas), topped up from this replica's own counts."""
+        ranked: list[str] = []
         link = self.link
         if link is not None and link.up and self.redis is not None:
             try:
-                return await self.redis.most_read(n)
+                ranked = await self.redis.most_read(n)
             except FAILURES as exc:
                 link.fail(exc)
-        return [name for name, _ in (self.read_totals + self.pending_reads).most_common(n)]
+        local = (self.read_totals + self.pending_reads).most_common(n)
+        ranked.extend(name for name, _ in local)
+        return list(dict.fromkeys(ranked))[:n]
 
     async def warm(self, names: Sequence[str], top_n: int) -> Warmed:
         """Load profiles from the store into both tiers (the most-read when none are named)."""
