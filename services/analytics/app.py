@@ -1,7 +1,13 @@
-"""Wiring of the analytics service: settings → engine → servicer → server definition."""
+"""Wiring of the analytics service: settings → engine → repository → servicer → definition."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
+from pydantic import Field
+
+from services.analytics.recorder import Recorder
+from services.analytics.repository import AnalyticsRepository
 from services.analytics.servicer import AnalyticsServicer
 from shared.db.engine import Database
 from shared.grpc.server import ServiceDefinition
@@ -13,15 +19,34 @@ from stylebase.analytics.v1 import analytics_service_pb2_grpc as pb_grpc
 class Settings(ServiceSettings):
     """Settings of the analytics process."""
 
+    # Concurrent write transactions of RecordGeneration; each takes every record waiting.
+    analytics_record_writers: int = Field(default=4, ge=1, le=64)
+    # Most records one write transaction inserts.
+    analytics_record_batch_max: int = Field(default=256, ge=1, le=10_000)
+
 
 async def build(settings: Settings) -> ServiceDefinition:
     db = Database.connect(settings, application_name="analytics")
-    # Abstract while RPCs are pending (shared.pending); mypy flags this once none are.
-    servicer = AnalyticsServicer()  # type: ignore[abstract]
+    # Reads go through the read-only role when its URL is configured.
+    reads = (
+        Database.connect(settings, application_name="analytics", readonly=True)
+        if settings.readonly_database_url
+        else db
+    )
+    recorder = Recorder(
+        db,
+        writers=settings.analytics_record_writers,
+        max_batch=settings.analytics_record_batch_max,
+    )
+    repository = AnalyticsRepository(recorder=recorder, reads=reads)
+    servicer = AnalyticsServicer(repository)
+    cleanups: list[Callable[[], Awaitable[None]]] = [recorder.close, db.dispose]
+    if reads is not db:
+        cleanups.append(reads.dispose)
     return ServiceDefinition(
         name="analytics",
         full_names=[pb.DESCRIPTOR.services_by_name["AnalyticsService"].full_name],
         register=lambda server: pb_grpc.add_AnalyticsServiceServicer_to_server(servicer, server),
         readiness=db.ping,
-        cleanups=[db.dispose],
+        cleanups=cleanups,
     )

@@ -2,8 +2,114 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
+import grpc
+
+from services.analytics import requests
+from services.analytics.history import HistoryRow
+from services.analytics.recorder import Recorded
+from services.analytics.repository import AnalyticsRepository
+from shared.convert import timestamp
+from stylebase.analytics.v1 import analytics_service_pb2 as pb
 from stylebase.analytics.v1 import analytics_service_pb2_grpc as pb_grpc
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _params(values: dict[str, Any]) -> pb.UserParams:
+    return pb.UserParams(
+        bars=int(values.get("bars", 0)),
+        tempo=float(values.get("tempo", 0.0)),
+        time_signature=str(values.get("time_signature", "")),
+        variations=int(values.get("variations", 0)),
+    )
+
+
+def _recorded(row: Recorded) -> pb.Generation:
+    g = row.generation
+    return pb.Generation(
+        id=str(row.id),
+        artist_id="" if row.artist_id is None else str(row.artist_id),
+        artist_name=g.artist_name or "",
+        provider_used=g.provider,
+        generation_time_ms=g.generation_time_ms,
+        tokens_used=g.tokens_used,
+        cost_usd=g.cost_usd,
+        user_params=_params(json.loads(g.user_params_json)),
+        output_files=json.loads(g.output_files_json),
+        created_at=timestamp(row.created_at),
+    )
+
+
+def _history_row(row: HistoryRow, artist_name: str) -> pb.Generation:
+    return pb.Generation(
+        id=str(row.id),
+        artist_id="" if row.artist_id is None else str(row.artist_id),
+        artist_name=artist_name,
+        provider_used=row.provider_used,
+        generation_time_ms=row.generation_time_ms,
+        tokens_used=row.tokens_used,
+        cost_usd=row.cost_usd,
+        user_params=_params(row.user_params),
+        output_files=row.output_files,
+        created_at=timestamp(row.created_at),
+    )
 
 
 class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
-    """RPCs not defined here answer UNIMPLEMENTED; shared.pending lists them."""
+    def __init__(self, repository: AnalyticsRepository) -> None:
+        self._repository = repository
+
+    async def RecordGeneration(
+        self, request: pb.RecordGenerationRequest, context: Context
+    ) -> pb.RecordGenerationResponse:
+        generation = requests.new_generation(request)
+        recorded = await self._repository.record(generation, time_left=context.time_remaining())
+        return pb.RecordGenerationResponse(generation=_recorded(recorded))
+
+    async def GetStats(self, request: pb.GetStatsRequest, context: Context) -> pb.GetStatsResponse:
+        stats = await self._repository.stats(
+            requests.window(request), time_left=context.time_remaining()
+        )
+        total = stats.total
+        return pb.GetStatsResponse(
+            total_generations=total,
+            avg_generation_time_ms=stats.sum_time_ms / total if total else 0.0,
+            total_cost_usd=stats.sum_cost_usd,
+            provider_usage={p.provider: p.generations for p in stats.providers},
+            avg_cost_per_generation=stats.sum_cost_usd / total if total else 0.0,
+            cached_artists=stats.cached_artists,
+            p50_generation_time_ms=stats.percentile(0.50),
+            p95_generation_time_ms=stats.percentile(0.95),
+            providers=[
+                pb.ProviderStats(
+                    provider=p.provider,
+                    generations=p.generations,
+                    avg_generation_time_ms=p.avg_time_ms,
+                    avg_cost_usd=p.avg_cost_usd,
+                    total_cost_usd=p.total_cost_usd,
+                )
+                for p in stats.providers
+            ],
+            total_tokens=stats.sum_tokens,
+            percentile_relative_error=stats.percentile_error,
+        )
+
+    async def GetArtistHistory(
+        self, request: pb.GetArtistHistoryRequest, context: Context
+    ) -> pb.GetArtistHistoryResponse:
+        name = requests.history_name(request)
+        limit = requests.history_limit(request)
+        page = await self._repository.history(
+            name=name,
+            limit=limit,
+            page_token=request.page_token,
+            time_left=context.time_remaining(),
+        )
+        return pb.GetArtistHistoryResponse(
+            generations=[_history_row(row, page.artist_name) for row in page.rows],
+            total_generations=page.total,
+            next_page_token=page.next_page_token,
+        )
