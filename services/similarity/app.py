@@ -8,7 +8,7 @@ from pydantic import Field
 
 from services.similarity.canary import recall_canary
 from services.similarity.repository import SimilarityRepository
-from services.similarity.search import IndexSettings
+from services.similarity.search import IndexSettings, configure_sessions
 from services.similarity.servicer import SimilarityServicer
 from shared.db.engine import Database
 from shared.grpc.server import ServiceDefinition
@@ -41,7 +41,9 @@ class Settings(ServiceSettings):
 
 async def build(settings: Settings) -> ServiceDefinition:
     db = Database.connect(settings, application_name="similarity", readonly=True)
-    repository = SimilarityRepository(db, settings.index_settings())
+    index = settings.index_settings()
+    configure_sessions(db.engine, index)
+    repository = SimilarityRepository(db, index)
     servicer = SimilarityServicer(repository)
     background = []
     if settings.similarity_recall_canary_interval_seconds > 0:

@@ -55,8 +55,7 @@ class SimilarityRepository:
         time_left: float | None,
     ) -> list[Match]:
         async def work(session: AsyncSession) -> list[Match]:
-            source = (await self.search.embeddings_of(session, [artist_name]))[artist_name]
-            query = Query(source.vector, limit, (source.artist_id,), (), search_filter, tuning)
+            query = Query(limit, source_name=artist_name, filter=search_filter, tuning=tuning)
             return await self.search.nearest(session, query)
 
         SIMILARITY_SEARCHES.labels(kind="find_similar").inc()
@@ -74,7 +73,13 @@ class SimilarityRepository:
         time_left: float | None,
     ) -> list[Match]:
         async def work(session: AsyncSession) -> list[Match]:
-            query = Query(vector, limit, (), exclude_names, search_filter, tuning)
+            query = Query(
+                limit,
+                vector=vector,
+                exclude_names=exclude_names,
+                filter=search_filter,
+                tuning=tuning,
+            )
             return await self.search.nearest(session, query)
 
         SIMILARITY_SEARCHES.labels(kind="search_by_embedding").inc()
@@ -101,7 +106,9 @@ class SimilarityRepository:
                 [found[n] for n in positives], [found[n] for n in negatives]
             )
             exclude = tuple(item.artist_id for item in found.values())
-            query = Query(vector, limit, exclude, (), search_filter, tuning)
+            query = Query(
+                limit, vector=vector, exclude_ids=exclude, filter=search_filter, tuning=tuning
+            )
             return await self.search.nearest(session, query)
 
         SIMILARITY_SEARCHES.labels(kind="recommend").inc()
@@ -125,7 +132,7 @@ class SimilarityRepository:
             recalls: list[float] = []
             index_s = exact_s = 0.0
             for row in rows:
-                query = Query(row.embedding, k, (row.artist_id,))
+                query = Query(k, vector=row.embedding, exclude_ids=(row.artist_id,))
                 started = time.perf_counter()
                 approx = await self.search.scan(session, query, exact=False)
                 index_s += time.perf_counter() - started

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import event, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from shared.errors import ArtistNotFound, FailedPrecondition, InvalidArgument
 
@@ -21,10 +21,6 @@ class SearchFilter:
     tempo_min: float | None = None
     tempo_max: float | None = None
     research_status: str | None = None
-
-    @property
-    def active(self) -> bool:
-        return any(v is not None for v in (self.tempo_min, self.tempo_max, self.research_status))
 
 
 @dataclass(frozen=True)
@@ -53,10 +49,12 @@ class Match:
 
 @dataclass(frozen=True)
 class Query:
-    """One nearest-neighbour query: the vector in pgvector's text form and what to leave out."""
+    """One nearest-neighbour query: a vector (pgvector text form) or a stored artist's
+    embedding (source_name, itself left out), and what else to leave out."""
 
-    vector: str
     limit: int
+    vector: str | None = None
+    source_name: str | None = None
     exclude_ids: Sequence[uuid.UUID] = ()
     exclude_names: Sequence[str] = ()
     filter: SearchFilter = field(default_factory=SearchFilter)
@@ -83,13 +81,18 @@ def parse_vector(literal: str) -> np.ndarray[Any, np.dtype[np.float64]]:
 # index serves; in exact mode `+ 0` makes an expression the index cannot serve, so
 # the planner computes every distance. The outer query re-sorts because
 # iterative relaxed_order scans may return rows slightly out of order, and breaks
-# ties by name so equal distances come back in a stable order.
+# ties by name so equal distances come back in a stable order. A source artist's
+# embedding is read by a subquery (an InitPlan the index scan takes as its
+# argument), so the common FindSimilarArtists is one statement; when it has no
+# embedding the one-time filter `IS NOT NULL` returns nothing and the caller
+# looks up why.
 _SEARCH_SQL = """
 WITH candidates AS MATERIALIZED (
     SELECT a.id, a.name, {distance} AS distance
     FROM style_profiles sp
     JOIN artists a ON a.id = sp.artist_id
     WHERE sp.embedding IS NOT NULL
+      AND {vector} IS NOT NULL
       AND NOT (sp.artist_id = ANY(CAST(:exclude_ids AS uuid[])))
       AND NOT (a.name = ANY(CAST(:exclude_names AS text[])))
       {filters}
@@ -98,8 +101,12 @@ WITH candidates AS MATERIALIZED (
 )
 SELECT id, name, 1 - distance AS similarity FROM candidates ORDER BY distance, name
 """
-_INDEX_DISTANCE = "sp.embedding <=> CAST(CAST(:q AS text) AS vector)"
-_EXACT_DISTANCE = f"({_INDEX_DISTANCE}) + 0"
+_GIVEN_VECTOR = "CAST(CAST(:q AS text) AS vector)"
+_SOURCE_VECTOR = (
+    "(SELECT src.embedding FROM style_profiles src"
+    " JOIN artists src_artist ON src_artist.id = src.artist_id"
+    " WHERE src_artist.name = :source)"
+)
 
 _LOOKUP_SQL = text(
     """
@@ -109,18 +116,33 @@ _LOOKUP_SQL = text(
     """
 )
 
-_TUNE_SQL = text(
-    "SELECT set_config('hnsw.ef_search', :ef, true),"
-    " set_config('hnsw.iterative_scan', :mode, true),"
-    " set_config('hnsw.max_scan_tuples', :max_tuples, true)"
-)
+
+def configure_sessions(engine: AsyncEngine, index: IndexSettings) -> None:
+    """Start every pooled connection with the service's index-scan settings.
+
+    A request with the default ef_search then needs no SET round trip; a request
+    that tunes it SETs it LOCAL to its own transaction. The values come from
+    validated settings (an int and a literal), so formatting them in is safe.
+    """
+    defaults = (
+        f"SELECT set_config('hnsw.ef_search', '{int(index.ef_search)}', false),"
+        f" set_config('hnsw.iterative_scan', '{index.iterative_scan}', false),"
+        f" set_config('hnsw.max_scan_tuples', '{int(index.max_scan_tuples)}', false)"
+    )
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _defaults(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute(defaults)
+        cursor.close()
+        # Committed, or the pool's reset (a rollback) would undo the settings.
+        dbapi_connection.commit()
 
 
 def search_sql(query: Query, *, exact: bool) -> tuple[str, dict[str, Any]]:
     """The SQL and parameters of one search (exposed so tests can EXPLAIN it)."""
     clauses: list[str] = []
     params: dict[str, Any] = {
-        "q": query.vector,
         "exclude_ids": list(query.exclude_ids),
         "exclude_names": list(query.exclude_names),
         "limit": query.limit,
@@ -136,8 +158,18 @@ def search_sql(query: Query, *, exact: bool) -> tuple[str, dict[str, Any]]:
     if flt.research_status is not None:
         clauses.append("AND a.research_status = :research_status")
         params["research_status"] = flt.research_status
+    if query.source_name is not None:
+        vector = _SOURCE_VECTOR
+        params["source"] = query.source_name
+        params["exclude_names"].append(query.source_name)
+    else:
+        vector = _GIVEN_VECTOR
+        params["q"] = query.vector
+    distance = f"sp.embedding <=> {vector}"
     sql = _SEARCH_SQL.format(
-        distance=_EXACT_DISTANCE if exact else _INDEX_DISTANCE, filters="\n      ".join(clauses)
+        vector=vector,
+        distance=f"({distance}) + 0" if exact else distance,
+        filters="\n      ".join(clauses),
     )
     return sql, params
 
@@ -149,16 +181,12 @@ class SimilaritySearch:
         self.index = index
 
     async def tune(self, session: AsyncSession, ef_search: int | None) -> int:
-        """SET LOCAL the index-scan knobs for this transaction; returns the ef_search used."""
+        """SET LOCAL ef_search when it differs from the connection's default; returns it."""
         ef = ef_search or self.index.ef_search
-        await session.execute(
-            _TUNE_SQL,
-            {
-                "ef": str(ef),
-                "mode": self.index.iterative_scan,
-                "max_tuples": str(self.index.max_scan_tuples),
-            },
-        )
+        if ef != self.index.ef_search:
+            await session.execute(
+                text("SELECT set_config('hnsw.ef_search', :ef, true)"), {"ef": str(ef)}
+            )
         return ef
 
     async def nearest(self, session: AsyncSession, query: Query) -> list[Match]:
@@ -167,13 +195,17 @@ class SimilaritySearch:
         Iterative scans keep a filtered query going until max_scan_tuples; a filter
         selective enough to exhaust that comes back with fewer than `limit` rows, and
         then the exact scan (which only computes distances for rows that pass the
-        filter) returns every match there is.
+        filter) returns every match there is. An empty answer for a source artist
+        may instead mean the artist cannot be searched from: the lookup says which.
         """
+        rows: list[Match] = []
         if not query.tuning.exact:
             await self.tune(session, query.tuning.ef_search)
             rows = await self.scan(session, query, exact=False)
             if len(rows) >= query.limit:
                 return rows
+        if not rows and query.source_name is not None:
+            await self.embeddings_of(session, [query.source_name])
         return await self.scan(session, query, exact=True)
 
     async def scan(self, session: AsyncSession, query: Query, *, exact: bool) -> list[Match]:
