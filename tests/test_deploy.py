@@ -1,0 +1,352 @@
+"""Deployment files checked offline: compose against its specification, manifests against the
+Kubernetes schemas, and both against the settings and ports the code actually has."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import check_jsonschema
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from pydantic import AliasChoices
+
+from shared.embedded.ports import free_port
+from shared.grpc.server import LIVENESS, ServiceDefinition, start_server, stop_server
+from shared.settings import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, SERVICES
+
+ROOT = Path(__file__).resolve().parent.parent
+KUSTOMIZE = ROOT / "deploy" / "kustomize"
+# The oldest Kubernetes minor the manifests target (native gRPC probes are GA from 1.27).
+K8S_VERSION = "1.32"
+KUBECTL = shutil.which("kubectl")
+needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl (for kustomize) not installed")
+
+
+def dash(service: str) -> str:
+    return service.replace("_", "-")
+
+
+def variables_read(service: str) -> list[tuple[str, ...]]:
+    """Each environment variable the service's Settings reads, as its accepted spellings."""
+    settings = importlib.import_module(f"services.{service}.app").Settings
+    names: list[tuple[str, ...]] = []
+    for field_name, info in settings.model_fields.items():
+        alias = info.validation_alias
+        if isinstance(alias, AliasChoices):
+            names.append(tuple(str(choice).upper() for choice in alias.choices))
+        elif isinstance(alias, str):
+            names.append((alias.upper(),))
+        else:
+            names.append((field_name.upper(),))
+    return names
+
+
+def missing(service: str, provided: set[str]) -> list[str]:
+    return [
+        "/".join(spellings)
+        for spellings in variables_read(service)
+        if not any(name in provided for name in spellings)
+    ]
+
+
+# ---------------------------------------------------------------- docker-compose
+
+
+@pytest.fixture(scope="module")
+def compose_text() -> str:
+    return (ROOT / "docker-compose.yml").read_text()
+
+
+@pytest.fixture(scope="module")
+def compose(compose_text: str) -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load(compose_text)
+    return document
+
+
+def test_compose_follows_the_compose_specification(compose: dict[str, Any]) -> None:
+    schema_path = (
+        Path(check_jsonschema.__file__).parent / "builtin_schemas/vendor/compose-spec.json"
+    )
+    schema = json.loads(schema_path.read_text())
+    validator_class = jsonschema.validators.validator_for(schema)
+    errors = sorted(validator_class(schema).iter_errors(compose), key=str)
+    assert not errors, [f"{list(e.absolute_path)}: {e.message}" for e in errors]
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_compose_sets_every_variable_the_service_reads(
+    compose: dict[str, Any], service: str
+) -> None:
+    environment = compose["services"][service]["environment"]
+    assert isinstance(environment, dict), "environment as a mapping, merged from x-common-env"
+    assert missing(service, set(environment)) == []
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_compose_ports_agree_with_the_code(compose: dict[str, Any], service: str) -> None:
+    spec = compose["services"][service]
+    grpc_port, metrics_port = DEFAULT_PORTS[service], DEFAULT_METRICS_PORTS[service]
+    environment = spec["environment"]
+    for other in SERVICES:
+        assert environment[f"{other.upper()}_PORT"] == str(DEFAULT_PORTS[other])
+        assert environment[f"{other.upper()}_METRICS_PORT"] == str(DEFAULT_METRICS_PORTS[other])
+    assert environment["GRPC_HOST"] == "0.0.0.0"
+    assert environment["PROFILE_STORE_TARGET"] == f"profile_store:{DEFAULT_PORTS['profile_store']}"
+    assert environment["CACHE_GATEWAY_TARGET"] == f"cache_gateway:{DEFAULT_PORTS['cache_gateway']}"
+    assert f"{grpc_port}:{grpc_port}" in spec["ports"]
+    assert f"{metrics_port}:{metrics_port}" in spec["ports"]
+    assert spec["command"] == ["serve", service]
+    assert spec["healthcheck"]["test"] == [
+        "CMD",
+        "python",
+        "-m",
+        "shared.grpc.probe",
+        f"127.0.0.1:{grpc_port}",
+    ]
+
+
+def test_compose_services_start_in_order_on_healthy_dependencies(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for service in SERVICES:
+        depends = services[service]["depends_on"]
+        assert depends, service
+        for name, rule in depends.items():
+            expected = "service_completed_successfully" if name == "migrate" else "service_healthy"
+            assert rule == {"condition": expected}, (service, name)
+            assert name == "migrate" or "healthcheck" in services[name], name
+    for service in ("profile_store", "similarity", "analytics"):
+        assert "migrate" in services[service]["depends_on"]
+    assert "redis" in services["cache_gateway"]["depends_on"]
+    prometheus = services["prometheus"]["depends_on"]
+    assert set(prometheus) == set(SERVICES)
+
+
+def test_compose_datastores_are_configured_as_required(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert services["postgres"]["image"].startswith("pgvector/pgvector:")
+    redis = [str(arg) for arg in services["redis"]["command"]]
+    assert redis[0] == "redis-server"
+    assert redis[redis.index("--requirepass") + 1].startswith("${REDIS_PASSWORD:?")
+    assert redis[redis.index("--appendonly") + 1] == "yes"
+    assert redis[redis.index("--maxmemory-policy") + 1] == "allkeys-lru"
+    migrate = services["migrate"]
+    assert migrate["command"] == ["migrate"] and migrate["restart"] == "no"
+    assert "REDIS_PASSWORD" in services["redis"]["healthcheck"]["test"][1]
+
+
+def test_compose_requires_its_secrets_instead_of_defaulting_them(compose_text: str) -> None:
+    for secret in ("POSTGRES_PASSWORD", "REDIS_PASSWORD"):
+        uses = re.findall(r"\$\{" + secret + r"([^}]*)\}", compose_text)
+        assert uses, secret
+        assert all(use.startswith(":?") and len(use) > 2 for use in uses), (secret, uses)
+
+
+def test_prometheus_scrapes_all_four_services(compose: dict[str, Any]) -> None:
+    volumes = compose["services"]["prometheus"]["volumes"]
+    mounted = next(v.split(":")[0] for v in volumes if v.endswith("prometheus.yml:ro"))
+    config = yaml.safe_load((ROOT / mounted).read_text())
+    targets = {
+        target
+        for job in config["scrape_configs"]
+        for group in job["static_configs"]
+        for target in group["targets"]
+    }
+    assert targets == {f"{s}:{DEFAULT_METRICS_PORTS[s]}" for s in SERVICES}
+
+
+def test_images_are_pinned(compose: dict[str, Any]) -> None:
+    for name, spec in compose["services"].items():
+        image = str(spec["image"]).split(":-")[-1].rstrip("}")
+        tag = image.rsplit(":", 1)[-1] if ":" in image else ""
+        assert tag and tag != "latest" and re.search(r"\d", tag), (name, image)
+    bases = re.findall(r"^FROM\s+(\S+)", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
+    assert len(bases) >= 2, "multi-stage"
+    for base in bases:
+        assert re.search(r":\d+\.\d+\.\d+", base) or "@sha256:" in base, base
+
+
+def test_dockerfile_builds_a_non_root_image_with_the_stylebase_entry_point() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    user = re.findall(r"^USER\s+(\S+)", dockerfile, re.MULTILINE)
+    assert user and user[-1].split(":")[0] not in ("0", "root")
+    assert 'ENTRYPOINT ["stylebase"]' in dockerfile
+    for source in re.findall(r"^COPY\s+(?!--from)(\S+)", dockerfile, re.MULTILINE):
+        assert (ROOT / source).exists(), source
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".git", ".venv", ".stylebase", "tests"} <= set(ignored)
+
+
+async def test_healthcheck_probe_exits_zero_only_while_serving() -> None:
+    """The compose healthcheck command, run for real against a server and a closed port."""
+    definition = ServiceDefinition(name="probe", full_names=[], register=lambda server: None)
+    running = await start_server("127.0.0.1:0", definition)
+
+    async def probe(target: str, *service: str) -> int:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "shared.grpc.probe", target, *service, cwd=ROOT
+        )
+        return await process.wait()
+
+    try:
+        target = f"127.0.0.1:{running.port}"
+        for _ in range(50):  # the readiness watcher flips to SERVING on its first round
+            if await probe(target) == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert await probe(target) == 0
+        assert await probe(target, LIVENESS) == 0
+        assert await probe(target, "no.such.Service") == 1
+    finally:
+        await stop_server(running, 0)
+    assert await probe(f"127.0.0.1:{free_port()}") == 1
+
+
+# ---------------------------------------------------------------- Kubernetes
+
+
+def base_documents() -> list[dict[str, Any]]:
+    kustomization = yaml.safe_load((KUSTOMIZE / "base" / "kustomization.yaml").read_text())
+    documents: list[dict[str, Any]] = []
+    for resource in kustomization["resources"]:
+        text = (KUSTOMIZE / "base" / resource).read_text()
+        documents += [d for d in yaml.safe_load_all(text) if d]
+    return documents
+
+
+def rendered(path: str) -> list[dict[str, Any]]:
+    assert KUBECTL is not None
+    result = subprocess.run(
+        [KUBECTL, "kustomize", str(KUSTOMIZE / path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+def find(documents: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    matches = [d for d in documents if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(matches) == 1, f"{kind}/{name}"
+    return matches[0]
+
+
+def _validate_all(documents: list[dict[str, Any]]) -> None:
+    assert documents
+    for document in documents:
+        kubernetes_validate.validate(document, K8S_VERSION, strict=True)
+
+
+def test_every_base_manifest_validates_against_the_kubernetes_schemas() -> None:
+    _validate_all(base_documents())
+
+
+@needs_kubectl
+@pytest.mark.parametrize("path", ["base", "overlays/production"])
+def test_every_rendered_manifest_validates_against_the_kubernetes_schemas(path: str) -> None:
+    _validate_all(rendered(path))
+
+
+def test_schema_validation_rejects_an_unknown_field() -> None:
+    deployment = find(base_documents(), "Deployment", "similarity")
+    deployment["spec"]["template"]["spec"]["containers"][0]["livenessProbes"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_base_runs_each_service_hardened_with_grpc_probes(service: str) -> None:
+    documents = base_documents()
+    name = dash(service)
+    grpc_port, metrics_port = DEFAULT_PORTS[service], DEFAULT_METRICS_PORTS[service]
+    find(documents, "ServiceAccount", name)
+    find(documents, "PodDisruptionBudget", name)
+    svc = find(documents, "Service", name)
+    assert any(p["name"] == "grpc" and p["port"] == grpc_port for p in svc["spec"]["ports"])
+    pod = find(documents, "Deployment", name)["spec"]["template"]
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(metrics_port)
+    spec = pod["spec"]
+    assert spec["serviceAccountName"] == name
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    (container,) = spec["containers"]
+    assert container["args"] == ["serve", service]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"grpc": grpc_port, "metrics": metrics_port}
+    assert container["readinessProbe"]["grpc"] == {"port": grpc_port}
+    # Liveness asks for a name that stays SERVING while PostgreSQL or Redis is down.
+    assert container["livenessProbe"]["grpc"] == {"port": grpc_port, "service": LIVENESS}
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    for kind in ("requests", "limits"):
+        assert set(container["resources"][kind]) == {"cpu", "memory"}
+
+
+def test_base_autoscales_the_gateway_and_similarity_and_migrates_once() -> None:
+    documents = base_documents()
+    for name in ("cache-gateway", "similarity"):
+        hpa = find(documents, "HorizontalPodAutoscaler", name)
+        assert hpa["spec"]["scaleTargetRef"] == {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "name": name,
+        }
+    scaled = {d["metadata"]["name"] for d in documents if d["kind"] == "HorizontalPodAutoscaler"}
+    assert scaled == {"cache-gateway", "similarity"}
+    job = find(documents, "Job", "stylebase-migrate")["spec"]["template"]["spec"]
+    assert job["restartPolicy"] == "Never"
+    assert job["containers"][0]["args"] == ["migrate"]
+    assert not [d for d in documents if d["kind"] == "Secret"], "secrets are referenced only"
+
+
+def _pod_environment(documents: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    container = find(documents, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]
+    environment: dict[str, Any] = {}
+    for source in container.get("envFrom", []):
+        config = find(documents, "ConfigMap", source["configMapRef"]["name"])
+        environment.update(config["data"])
+    for variable in container.get("env", []):
+        environment[variable["name"]] = variable.get("value", variable.get("valueFrom"))
+    return environment
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_base_sets_every_variable_the_service_reads(service: str) -> None:
+    environment = _pod_environment(base_documents(), dash(service))
+    assert missing(service, set(environment)) == []
+    assert environment["GRPC_HOST"] == "0.0.0.0"
+    for other in SERVICES:
+        assert environment[f"{other.upper()}_PORT"] == str(DEFAULT_PORTS[other])
+        assert environment[f"{other.upper()}_METRICS_PORT"] == str(DEFAULT_METRICS_PORTS[other])
+    for target in ("profile_store", "cache_gateway"):
+        expected = f"{dash(target)}:{DEFAULT_PORTS[target]}"
+        assert environment[f"{target.upper()}_TARGET"] == expected
+
+
+@needs_kubectl
+def test_production_overlay_points_at_managed_datastores() -> None:
+    documents = rendered("overlays/production")
+    assert {d["metadata"].get("namespace") for d in documents} == {"stylebase"}
+    for name in ("stylebase-postgres", "stylebase-redis"):
+        service = find(documents, "Service", name)
+        assert service["spec"]["type"] == "ExternalName"
+    common = find(documents, "ConfigMap", "stylebase-common")["data"]
+    assert common["OTEL_TRACES_EXPORTER"] == "otlp"
+    images = {
+        c["image"]
+        for d in documents
+        if d["kind"] in ("Deployment", "Job")
+        for c in d["spec"]["template"]["spec"]["containers"]
+    }
+    assert len(images) == 1 and not images.pop().endswith(":latest")
