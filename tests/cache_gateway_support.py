@@ -58,9 +58,9 @@ def profile(name: str, *, text: str = "", seed: int = 0) -> common_pb2.StyleProf
     )
 
 
-async def until(check: Callable[[], Any], *, timeout: float = 20.0, every: float = 0.05) -> None:
+async def until(check: Callable[[], Any], *, within: float = 20.0, every: float = 0.05) -> None:
     """Wait for a condition (a plain or async callable) to hold; fail if it never does."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while True:
         outcome = check()
         if asyncio.iscoroutine(outcome):
@@ -75,8 +75,14 @@ async def until(check: Callable[[], Any], *, timeout: float = 20.0, every: float
 class Store:
     """A real profile store process whose invalidations go to gateway_target."""
 
-    def __init__(self, database_url: str, gateway_target: str, log_dir: Path) -> None:
-        env = service_env(database_url, {"CACHE_GATEWAY_TARGET": gateway_target})
+    def __init__(
+        self,
+        database_url: str,
+        gateway_target: str,
+        log_dir: Path,
+        extra: dict[str, str] | None = None,
+    ) -> None:
+        env = service_env(database_url, {"CACHE_GATEWAY_TARGET": gateway_target, **(extra or {})})
         self.process = ServiceProcess("profile_store", env, log_path=log_dir / "store.log")
         self.channel: grpc.aio.Channel | None = None
 
@@ -88,12 +94,16 @@ class Store:
     def stub(self) -> store_grpc.ProfileStoreServiceAsyncStub:
         if self.channel is None:
             self.channel = grpc.aio.insecure_channel(self.process.target)
-        return store_grpc.ProfileStoreServiceStub(self.channel)  # type: ignore[return-value]
+        return store_grpc.ProfileStoreServiceStub(self.channel)
 
     async def save(self, message: common_pb2.StyleProfile) -> int:
+        return int((await self.save_reply(message)).profile.version)
+
+    async def save_reply(
+        self, message: common_pb2.StyleProfile
+    ) -> store_pb.SaveStyleProfileResponse:
         request = store_pb.SaveStyleProfileRequest(profile=message)
-        reply = await self.stub.SaveStyleProfile(request, timeout=10)
-        return int(reply.profile.version)
+        return await self.stub.SaveStyleProfile(request, timeout=10)
 
     async def delete(self, name: str) -> int:
         request = store_pb.DeleteArtistRequest(artist_name=name)
@@ -121,7 +131,7 @@ class GatewayUnderTest:
 
     @property
     def stub(self) -> pb_grpc.CacheGatewayServiceAsyncStub:
-        return pb_grpc.CacheGatewayServiceStub(self.channel)  # type: ignore[return-value]
+        return pb_grpc.CacheGatewayServiceStub(self.channel)
 
     async def get(self, name: str, min_version: int = 0) -> pb.GetStyleProfileResponse:
         request = pb.GetStyleProfileRequest(artist_name=name, min_version=min_version)
@@ -139,10 +149,10 @@ class GatewayUnderTest:
         return int(reply.status)
 
     async def redis_up(self) -> bool:
-        return await self.health() == SERVING
+        return bool(await self.health() == SERVING)
 
     async def redis_down(self) -> bool:
-        return await self.health() == NOT_SERVING
+        return bool(await self.health() == NOT_SERVING)
 
 
 async def open_gateway(port: int, store_target: str, **settings: Any) -> GatewayUnderTest:

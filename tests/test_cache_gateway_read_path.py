@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -32,16 +33,16 @@ def port() -> int:
 
 
 @pytest.fixture(scope="module")
-def store(database_url: str, port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+def store(
+    database_url: str, port: int, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Store]:
     opened = Store(database_url, f"127.0.0.1:{port}", tmp_path_factory.mktemp("store")).start()
     yield opened
     opened.process.stop()
 
 
 @pytest.fixture(scope="module")
-async def gw(
-    port: int, store: Store, redis_server: RedisServer
-) -> AsyncIterator[GatewayUnderTest]:
+async def gw(port: int, store: Store, redis_server: RedisServer) -> AsyncIterator[GatewayUnderTest]:
     opened = await open_gateway(
         port,
         store.process.target,
@@ -61,9 +62,14 @@ async def raw(redis_server: RedisServer) -> AsyncIterator[redis.Redis]:
     await client.aclose()
 
 
+async def generation(raw: redis.Redis) -> int:
+    value: Any = await raw.get(f"{PREFIX}:gen")
+    return int(value)
+
+
 async def entry(raw: redis.Redis, name: str) -> dict[bytes, bytes]:
-    gen = int(await raw.get(f"{PREFIX}:gen"))
-    return await raw.hgetall(f"{PREFIX}:{gen}:p:{name}")  # type: ignore[no-any-return, misc]
+    found: Any = await raw.hgetall(f"{PREFIX}:{await generation(raw)}:p:{name}")
+    return dict(found)
 
 
 async def test_reads_come_from_the_store_then_memory_then_redis_with_provenance(
@@ -101,8 +107,7 @@ async def test_redis_entries_carry_the_configured_ttl(
     await store.save(profile(name))
     await gw.get(name)
 
-    gen = int(await raw.get(f"{PREFIX}:gen"))
-    ttl = await raw.ttl(f"{PREFIX}:{gen}:p:{name}")
+    ttl = await raw.ttl(f"{PREFIX}:{await generation(raw)}:p:{name}")
 
     assert TTL - 60 < ttl <= TTL
 

@@ -20,12 +20,15 @@ from services.cache_gateway.breaker import Breaker
 from services.cache_gateway.memory import MemoryTier
 from services.cache_gateway.redis_tier import RedisError, RedisTier, error_kind
 from services.cache_gateway.stats import Stats
+from shared.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
 # Invalidations Redis missed are replayed on recovery; past this many, the generation
 # is bumped instead, which drops every copy filled before the outage.
 MAX_MISSED = 100_000
+# Left of the caller's deadline for the answer to travel back.
+ACK_MARGIN_SECONDS = 0.02
 FAILURES = (RedisError, OSError, TimeoutError)
 
 
@@ -94,30 +97,45 @@ class RedisLink:
 
     # -- invalidation ------------------------------------------------------------------
 
-    async def invalidate(self, name: str, version: int, deleted: bool) -> bool:
-        """Drop copies below version in Redis and on every replica; False if Redis was down."""
+    async def invalidate(
+        self, name: str, version: int, deleted: bool, *, time_left: float | None = None
+    ) -> bool:
+        """Drop copies below version in Redis and on every replica.
+
+        Raises Unavailable when Redis is unreachable or some replica did not confirm in
+        time: the caller (the store's outbox) then retries, instead of believing that
+        every replica has dropped its copy. This replica's own tier is already done.
+        """
         if not self.up:
             self.remember(name, version)
-            return False
+            raise Unavailable(f"Redis is unreachable; '{name}' was dropped here only; retry")
         self._seq += 1
         msg_id = f"{self.replica}:{self._seq}"
         ack = self._acks[msg_id] = _Ack()
         message = json.dumps(
             {"t": "i", "o": self.replica, "id": msg_id, "n": name, "v": version, "d": deleted}
         )
+        wait = self.ack_timeout
+        if time_left is not None:
+            wait = max(0.0, min(wait, time_left - ACK_MARGIN_SECONDS))
         try:
             # Every subscribed replica, this one included, acknowledges once it has
             # applied the drop: when this returns, no replica serves below version.
             ack.needed = await self.tier.invalidate(name, version, message)
             ack.check()
-            await asyncio.wait_for(ack.done.wait(), self.ack_timeout)
+            await asyncio.wait_for(ack.done.wait(), wait)
         except TimeoutError:
             self.stats.error("ack_timeout")
-            log.warning("%d of %s replicas acknowledged %s", ack.got, ack.needed, msg_id)
+            raise Unavailable(
+                f"{ack.got} of {ack.needed} gateway replicas confirmed the invalidation of "
+                f"'{name}' in time; retry"
+            ) from None
         except FAILURES as exc:
             self.fail(exc)
             self.remember(name, version)
-            return False
+            raise Unavailable(
+                f"Redis failed ({error_kind(exc)}); '{name}' was dropped here only; retry"
+            ) from None
         finally:
             del self._acks[msg_id]
         return True

@@ -160,7 +160,9 @@ class Gateway:
 
     # -- invalidation and warm-up ------------------------------------------------------
 
-    async def invalidate(self, name: str, version: int, deleted: bool) -> bool:
+    async def invalidate(
+        self, name: str, version: int, deleted: bool, *, time_left: float | None = None
+    ) -> bool:
         """Drop copies below version here, in Redis and on every replica."""
         if self.link is None:
             self.memory.raise_floor(name, version)
@@ -168,7 +170,7 @@ class Gateway:
                 self.memory.put_negative(name, version, time.monotonic(), self.memory.epoch)
             return False
         self.link.apply(name, version, deleted)
-        return await self.link.invalidate(name, version, deleted)
+        return await self.link.invalidate(name, version, deleted, time_left=time_left)
 
     async def most_read(self, n: int) -> list[str]:
         """Redis's ranking (all replicas), topped up from this replica's own counts."""

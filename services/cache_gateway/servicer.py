@@ -44,7 +44,9 @@ class CacheGatewayServicer(pb_grpc.CacheGatewayServiceServicer):
         name = validation.artist_name(request.artist_name)
         if request.version <= 0:
             raise InvalidArgument("version", "must be positive (the committed version)")
-        done = await self.gateway.invalidate(name, request.version, request.deleted)
+        done = await self.gateway.invalidate(
+            name, request.version, request.deleted, time_left=context.time_remaining()
+        )
         return pb.InvalidateProfileResponse(redis_invalidated=done)
 
     async def GetCacheStats(
