@@ -65,8 +65,12 @@ _POOLS: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def track_pool(pool: _Pool) -> None:
-    """Count this pool in the pool gauges for as long as it lives."""
+    """Count this pool in the pool gauges (and the admin RPC) for as long as it lives."""
     _POOLS.add(pool)
+
+
+def tracked_pools() -> list[Any]:
+    return list(_POOLS)
 
 
 def _pool_total(key: str) -> Callable[[], float]:

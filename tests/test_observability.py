@@ -32,6 +32,8 @@ from shared.grpc.server import LIVENESS, ServiceDefinition, start_server, stop_s
 from shared.logging import JsonFormatter, request_id_var
 from shared.pending import PENDING_RPCS
 from shared.settings import SERVICES, ServiceSettings
+from stylebase.admin.v1 import admin_service_pb2 as admin_pb
+from stylebase.admin.v1 import admin_service_pb2_grpc as admin_grpc
 from stylebase.analytics.v1 import analytics_service_pb2 as analytics_pb
 from stylebase.analytics.v1 import analytics_service_pb2_grpc as analytics_grpc
 from stylebase.cache_gateway.v1 import cache_gateway_service_pb2 as gateway_pb
@@ -246,6 +248,21 @@ def test_each_service_serves_its_series_and_counts_every_rpc(stack: Stack, servi
         assert pool_size == 0
     else:
         assert pool_size >= POOL_SIZE and pool_size % POOL_SIZE == 0
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_admin_rpc_reports_each_service_pools(stack: Stack, service: str) -> None:
+    with stack.channel(service) as channel:
+        reply = admin_grpc.AdminServiceStub(channel).GetPoolStats(
+            admin_pb.GetPoolStatsRequest(), timeout=5
+        )
+    if service == "cache_gateway":
+        assert list(reply.pools) == []
+        return
+    assert any(pool.name.startswith(service) for pool in reply.pools)
+    for pool in reply.pools:
+        assert pool.size == POOL_SIZE
+        assert 0 <= pool.checked_out + pool.idle <= pool.size + pool.overflow
 
 
 # One harmless method a service answers with an empty request, whatever its state.
@@ -608,6 +625,23 @@ async def test_pool_gauges_follow_connections_checked_out(slow_db: Database) -> 
         assert _sample("db_pool_idle_connections") == idle - 1
         assert slow_db.pool_status()["checked_out"] == 1
     assert _sample("db_pool_active_connections") == active
+
+
+async def test_admin_rpc_sees_a_connection_checked_out(slow_db: Database) -> None:
+    running = await start_server("127.0.0.1:0", _probe_definition())
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = admin_grpc.AdminServiceStub(channel)
+            async with slow_db.transaction() as session:
+                await session.execute(text("SELECT 1"))
+                reply = await stub.GetPoolStats(admin_pb.GetPoolStatsRequest(), timeout=5)
+                held = next(p for p in reply.pools if p.name == "slow-tests")
+            reply = await stub.GetPoolStats(admin_pb.GetPoolStatsRequest(), timeout=5)
+            returned = next(p for p in reply.pools if p.name == "slow-tests")
+    finally:
+        await stop_server(running, 0)
+    assert (held.size, held.checked_out, held.idle) == (1, 1, 0)
+    assert (returned.checked_out, returned.idle) == (0, 1)
 
 
 def test_json_log_lines_carry_request_and_trace_ids() -> None:

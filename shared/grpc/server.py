@@ -16,8 +16,10 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from shared.grpc.interceptors import ErrorInterceptor
-from shared.metrics import MetricsServer
+from shared.metrics import MetricsServer, tracked_pools
 from shared.telemetry import TelemetryInterceptor
+from stylebase.admin.v1 import admin_service_pb2 as admin_pb
+from stylebase.admin.v1 import admin_service_pb2_grpc as admin_grpc
 
 log = logging.getLogger(__name__)
 
@@ -60,18 +62,47 @@ class RunningServer:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
+class AdminServicer(admin_grpc.AdminServiceServicer):
+    """Pool statistics of whatever database pools this process has."""
+
+    async def GetPoolStats(
+        self,
+        request: admin_pb.GetPoolStatsRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> admin_pb.GetPoolStatsResponse:
+        pools = []
+        for pool in tracked_pools():
+            status = pool.pool_status()
+            pools.append(
+                admin_pb.PoolStats(
+                    name=pool.name,
+                    size=status["size"],
+                    checked_out=status["checked_out"],
+                    # SQLAlchemy counts from -size up; below zero means none above the size.
+                    overflow=max(0, status["overflow"]),
+                    idle=status["idle"],
+                )
+            )
+        return admin_pb.GetPoolStatsResponse(pools=sorted(pools, key=lambda p: p.name))
+
+
+ADMIN_SERVICE = admin_pb.DESCRIPTOR.services_by_name["AdminService"].full_name
+
+
 def create_server(address: str, definition: ServiceDefinition) -> tuple[grpc.aio.Server, int]:
     """Build (not start) the server and bind it; port 0 picks a free port."""
     # Telemetry is outermost, so it records the status the client really gets.
     interceptors = [TelemetryInterceptor(), *definition.interceptors, ErrorInterceptor()]
     server = grpc.aio.server(interceptors=interceptors)
     definition.register(server)
+    admin_grpc.add_AdminServiceServicer_to_server(AdminServicer(), server)
     health = HealthServicer()
     definition.health = health
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
         [
             *definition.full_names,
+            ADMIN_SERVICE,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ],
