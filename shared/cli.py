@@ -1,4 +1,4 @@
-"""The stylebase command: up, serve, migrate, downgrade."""
+"""The stylebase command: up, serve, migrate, downgrade, seed-demo."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     mig.add_argument("--revision", default="heads")
     down = sub.add_parser("downgrade", help="downgrade the database schema")
     down.add_argument("--revision", default="base")
+    sub.add_parser("seed-demo", help="load the demo drummers and producers (idempotent)")
     return parser
 
 
@@ -43,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
             except StackError as exc:
                 print(f"stylebase up: {exc}", file=sys.stderr)
                 return 2
+        if args.command == "seed-demo":
+            return _seed_demo(log)
         from shared.db import migrate
 
         url = DatabaseSettings().require_database_url()
@@ -55,6 +58,19 @@ def main(argv: list[str] | None = None) -> int:
     except (ValidationError, ValueError) as exc:
         print(f"stylebase {args.command}: {exc}", file=sys.stderr)
         return 2
+
+
+def _seed_demo(log: logging.Logger) -> int:
+    import asyncio
+
+    from services.profile_store.app import Settings
+    from services.profile_store.seed import seed
+
+    settings = Settings()
+    settings.require_database_url()
+    loaded = asyncio.run(seed(settings, only_if_empty=False))
+    log.info("loaded %d demo artists with their style profiles", loaded)
+    return 0
 
 
 if __name__ == "__main__":

@@ -153,7 +153,17 @@ def up(settings: StackSettings) -> int:
 
 
 def _after_migrate(database_url: str, settings: StackSettings) -> None:
-    """Hook for first-start data loading (the demo dataset)."""
+    """On first start (no artists yet), load the demo dataset when STYLEBASE_SEED_DEMO is true."""
+    if not settings.stylebase_seed_demo:
+        return
+    from services.profile_store.app import Settings
+    from services.profile_store.seed import seed
+
+    store_settings = Settings(POSTGRES_DATABASE_URL=database_url)
+    # The gateway is not up yet; the store's relay delivers the invalidations later.
+    loaded = asyncio.run(seed(store_settings, only_if_empty=True, notify_gateway=False))
+    if loaded:
+        log.info("loaded the demo dataset: %d drummers and producers", loaded)
 
 
 def _print_banner(settings: StackSettings, database_url: str, embedded: bool) -> None:

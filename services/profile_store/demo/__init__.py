@@ -1,0 +1,1 @@
+"""The demo dataset as data: artists.json (team-written) and embeddings.json (computed)."""
