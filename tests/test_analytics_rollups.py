@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import random
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -15,6 +16,9 @@ from shared.db.engine import Database
 from shared.settings import to_libpq_url
 from tests.analytics_support import add_artist, delete_artist, insert_rows
 
+MIGRATION = importlib.import_module(
+    "shared.migrations.versions.c2e1d3b8f5a6_analytics_rollups_and_readonly_role"
+)
 # The rollups regrouped from raw rows by this test's own SQL (UTC buckets).
 REGROUPED = """
 SELECT level, bucket, provider_used, count(*), sum(generation_time_ms),
@@ -160,3 +164,41 @@ async def test_truncating_history_empties_the_rollups(clean_db: Database) -> Non
             )
         )
     assert left == 0
+
+
+async def test_set_based_backfill_builds_the_same_rollups_as_the_triggers(
+    clean_db: Database,
+) -> None:
+    rng = random.Random(8)
+    artist = await add_artist(clean_db, "Backfilled")
+    start = datetime(2026, 2, 27, 22, 0, tzinfo=UTC)
+    await insert_rows(
+        clean_db,
+        [
+            {
+                "artist_id": rng.choice([artist, None]),
+                "provider": rng.choice(["openai", "google"]),
+                "time_ms": rng.randrange(0, 50_000),
+                "tokens": rng.randrange(0, 900),
+                "cost": rng.uniform(0, 2),
+                "created_at": start + timedelta(hours=rng.uniform(0, 72)),
+            }
+            for _ in range(120)
+        ],
+    )
+    tables = ("generation_rollups", "generation_rollup_histogram", "artist_generation_counts")
+
+    async def snapshot() -> list[set[tuple[object, ...]]]:
+        async with clean_db.transaction() as session:
+            return [
+                {tuple(r) for r in await session.execute(text(f"SELECT * FROM {t}"))}
+                for t in tables
+            ]
+
+    kept = await snapshot()
+    async with clean_db.transaction() as session:
+        for table in tables:
+            await session.execute(text(f"DELETE FROM {table}"))
+        for statement in MIGRATION.BACKFILL:
+            await session.execute(text(statement))
+    assert await snapshot() == kept

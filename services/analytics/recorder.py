@@ -144,6 +144,9 @@ class Recorder:
         except (StylebaseError, DBAPIError) as exc:
             if len(live) > 1 and not isinstance(exc, Unavailable | DeadlineExceeded):
                 # One record's problem (an artist deleted meanwhile) must not fail the others.
+                log.warning(
+                    "a batch of %d records failed (%s); writing them one by one", len(live), exc
+                )
                 for item in live:
                     await self._flush([item])
                 return

@@ -1,0 +1,1 @@
+"""Analytics benchmark: bulk-loaded history, GetStats/GetArtistHistory latency, record rate."""
