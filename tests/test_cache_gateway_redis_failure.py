@@ -1,0 +1,180 @@
+"""Redis down, silent or restarted: reads go on, health says so, the breaker holds, recovery."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import redis.asyncio as redis
+
+from shared.embedded.redis import RedisServer
+from stylebase.cache_gateway.v1 import cache_gateway_service_pb2 as pb
+from tests.cache_gateway_support import (
+    SERVING,
+    GatewayUnderTest,
+    Store,
+    close_gateway,
+    gateway_port,
+    open_gateway,
+    profile,
+    unique,
+    until,
+)
+
+PREFIX = "test:failure"
+REDIS_ERRORS = ("redis_connection", "redis_timeout", "redis_error")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    started = RedisServer(tmp_path_factory.mktemp("redis-failure"))
+    started.start()
+    yield started
+    started.stop()
+
+
+@pytest.fixture(scope="module")
+def port() -> int:
+    return gateway_port()
+
+
+@pytest.fixture(scope="module")
+def store(
+    database_url: str, port: int, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Store]:
+    opened = Store(database_url, f"127.0.0.1:{port}", tmp_path_factory.mktemp("store")).start()
+    yield opened
+    opened.process.stop()
+
+
+@pytest.fixture(scope="module")
+async def gw(port: int, store: Store, server: RedisServer) -> AsyncIterator[GatewayUnderTest]:
+    opened = await open_gateway(
+        port,
+        store.process.target,
+        redis_url=server.url,
+        redis_key_prefix=PREFIX,
+        redis_breaker_seconds=0.2,
+    )
+    yield opened
+    await close_gateway(opened)
+    await store.close()
+
+
+@pytest.fixture
+async def restart_after(server: RedisServer, gw: GatewayUnderTest) -> AsyncIterator[None]:
+    """Whatever a test does to Redis, the next one finds it up and the gateway on it."""
+    yield
+    if server._proc is not None:
+        os.kill(server._proc.pid, signal.SIGCONT)
+    if not server.running:
+        server.start()
+    await until(gw.redis_up)
+
+
+def redis_errors(stats: pb.GetCacheStatsResponse) -> int:
+    return sum(stats.errors.get(kind, 0) for kind in REDIS_ERRORS)
+
+
+@pytest.mark.usefixtures("restart_after")
+async def test_reads_keep_succeeding_while_redis_is_down_and_health_reports_it(
+    gw: GatewayUnderTest, store: Store, server: RedisServer
+) -> None:
+    cached, later = unique(), [unique() for _ in range(10)]
+    cached_version = await store.save(profile(cached))
+    await gw.get(cached)
+
+    server.stop()
+    await until(gw.redis_down)
+    versions = {name: await store.save(profile(name)) for name in later}
+    tripped = await gw.stats()
+    reads = [await gw.get(name) for name in later]
+    again = await gw.get(cached)
+    after = await gw.stats()
+
+    assert await gw.health("") == SERVING
+    assert [r.profile.version for r in reads] == [versions[n] for n in later]
+    assert {r.served_from for r in reads} == {pb.SERVED_FROM_STORE}
+    assert again.profile.version == cached_version and not again.stale
+    assert not after.redis_reachable and after.redis_configured
+    assert redis_errors(tripped) >= 1
+    # The breaker kept every one of those reads away from the dead Redis.
+    assert redis_errors(after) == redis_errors(tripped)
+
+    server.start()
+    await until(gw.redis_up)
+    assert (await gw.stats()).redis_reachable
+
+
+@pytest.mark.usefixtures("restart_after")
+async def test_a_silent_redis_costs_one_timeout_then_the_breaker_holds_reads_off(
+    gw: GatewayUnderTest, store: Store, server: RedisServer
+) -> None:
+    names = [unique() for _ in range(6)]
+    for name in names:
+        await store.save(profile(name))
+    before = await gw.stats()
+    assert server._proc is not None
+
+    os.kill(server._proc.pid, signal.SIGSTOP)
+    first = await gw.get(names[0])
+    tripped = await gw.stats()
+    rest = [await gw.get(name) for name in names[1:]]
+    after = await gw.stats()
+    os.kill(server._proc.pid, signal.SIGCONT)
+    await until(gw.redis_up)
+
+    assert first.served_from == pb.SERVED_FROM_STORE
+    assert {r.served_from for r in rest} == {pb.SERVED_FROM_STORE}
+    assert tripped.errors.get("redis_timeout", 0) > before.errors.get("redis_timeout", 0)
+    assert after.errors.get("redis_timeout", 0) == tripped.errors.get("redis_timeout", 0)
+
+
+async def entry(raw: redis.Redis, name: str) -> dict[bytes, bytes]:
+    gen: Any = await raw.get(f"{PREFIX}:gen")
+    found: Any = await raw.hgetall(f"{PREFIX}:{int(gen)}:p:{name}")
+    return dict(found)
+
+
+@pytest.mark.usefixtures("restart_after")
+async def test_recovery_replays_missed_invalidations_and_warms_the_most_read(
+    gw: GatewayUnderTest, store: Store, server: RedisServer
+) -> None:
+    hot, warm = unique("Hot"), unique("Warm")
+    old = await store.save(profile(hot, seed=1))
+    await store.save(profile(warm))
+    for _ in range(5):
+        await gw.get(hot)
+    await gw.get(warm)
+    await gw.gateway.flush_reads()
+    raw = redis.Redis.from_url(server.url)
+    try:
+        # Redis keeps its data across the restart: the old copy of hot comes back with it.
+        await raw.save()
+        await raw.aclose()
+        server.stop()
+        await until(gw.redis_down)
+        new = await store.save(profile(hot, seed=2))
+        server.start()
+        await until(gw.redis_up)
+        raw = redis.Redis.from_url(server.url)
+        assert int((await entry(raw, hot))[b"m"]) >= new
+
+        await until(lambda: _holds(raw, hot, new))
+        await until(lambda: _holds(raw, warm, None))
+    finally:
+        await raw.aclose()
+    read = await gw.get(hot)
+
+    assert new > old
+    assert read.profile.version == new
+
+
+async def _holds(raw: redis.Redis, name: str, version: int | None) -> bool:
+    found = await entry(raw, name)
+    if b"v" not in found:
+        return False
+    return version is None or int(found[b"v"]) == version
