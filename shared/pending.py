@@ -6,7 +6,4 @@ is implemented and that every RPC here is not. It shrinks to nothing.
 
 from __future__ import annotations
 
-PENDING_RPCS: frozenset[str] = frozenset(
-    {
-    }
-)
+PENDING_RPCS: frozenset[str] = frozenset()
