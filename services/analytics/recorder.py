@@ -119,7 +119,13 @@ class Recorder:
             batch = [await self._queue.get()]
             while len(batch) < self._max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            await self._flush(batch)
+            try:
+                await self._flush(batch)
+            except Exception as exc:  # a writer must outlive any one batch
+                log.exception("recording %d generations failed", len(batch))
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
 
     async def _flush(self, batch: list[_Pending]) -> None:
         now = asyncio.get_running_loop().time()
@@ -154,12 +160,6 @@ class Recorder:
             for item in live:
                 if not item.future.done():
                     item.future.set_exception(error)
-            return
-        except Exception as exc:
-            log.exception("recording %d generations failed", len(live))
-            for item in live:
-                if not item.future.done():
-                    item.future.set_exception(exc)
             return
         GENERATION_HISTORY_SAVES.inc(len(rows))
         for item in live:
