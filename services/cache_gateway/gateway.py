@@ -124,6 +124,7 @@ class Gateway:
     ) -> Served:
         """Read the store and fill both tiers; the fills refuse anything older than known."""
         floor_at_start = self.memory.floor(name)
+        self.stats.store_fetch()
         try:
             profile = await self.store.get_profile(name)
         except NotFound:
@@ -140,7 +141,6 @@ class Gateway:
                 raise
             return Served(fallback.profile, IN_PROCESS, True, fallback.fetched_at)
         self.store_reachable = True
-        self.stats.store_fetch()
         if profile.version < required:
             raise FailedPrecondition(
                 f"the profile store has version {profile.version} of '{name}', "
