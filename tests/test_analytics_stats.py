@@ -109,24 +109,54 @@ async def test_stats_match_raw_aggregates_and_survive_artist_deletion(
     assert after.cached_artists == 1
 
 
-async def test_stats_do_not_read_the_history_table_without_a_window(
-    stub: Stub, clean_db: Database
+PROBE_ROLE = "analytics_rollups_only_probe"
+
+
+@pytest.fixture
+async def rollups_only_url(database_url: str, db: Database) -> AsyncIterator[str]:
+    """A role that may read everything GetStats needs except the history table itself."""
+    grants = [
+        f"GRANT SELECT ON artists, generation_rollups, generation_rollup_histogram TO {PROBE_ROLE}",
+        f"GRANT USAGE ON SCHEMA public TO {PROBE_ROLE}",
+    ]
+    async with db.transaction() as session:
+        await session.execute(
+            text(
+                "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname ="
+                f" '{PROBE_ROLE}') THEN CREATE ROLE {PROBE_ROLE} LOGIN; END IF; END $$"
+            )
+        )
+        for grant in grants:
+            await session.execute(text(grant))
+    rest = database_url.split("@", 1)[1]
+    yield f"postgresql+asyncpg://{PROBE_ROLE}@{rest}"
+    async with db.transaction() as session:
+        await session.execute(text(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {PROBE_ROLE}"))
+        await session.execute(text(f"REVOKE USAGE ON SCHEMA public FROM {PROBE_ROLE}"))
+        await session.execute(text(f"DROP ROLE {PROBE_ROLE}"))
+
+
+async def test_stats_without_a_window_never_read_the_history_table(
+    database_url: str, rollups_only_url: str, clean_db: Database
 ) -> None:
-    for i in range(20):
-        await stub.RecordGeneration(request(time_ms=i * 10), timeout=10)
-    counters = text(
-        "SELECT seq_scan + coalesce(idx_scan, 0) FROM pg_stat_user_tables"
-        " WHERE relname = 'generation_history'"
-    )
-    async with clean_db.transaction() as session:
-        await session.execute(text("SELECT pg_stat_force_next_flush()"))
-        before = await session.scalar(counters)
-    reply = await stub.GetStats(pb.GetStatsRequest(), timeout=10)
-    assert reply.total_generations == 20
-    async with clean_db.transaction() as session:
-        await session.execute(text("SELECT pg_stat_clear_snapshot()"))
-        after = await session.scalar(counters)
-    assert after == before
+    await add_artist(clean_db, "Probe Drummer", "cached")
+    async with analytics_server(
+        database_url, POSTGRES_READONLY_DATABASE_URL=rollups_only_url
+    ) as probe:
+        for i in range(20):
+            await probe.RecordGeneration(request(time_ms=i * 10), timeout=10)
+        reply = await probe.GetStats(pb.GetStatsRequest(), timeout=10)
+        assert reply.total_generations == 20 and reply.cached_artists == 1
+        # Whole buckets only: still no raw rows.
+        aligned = pb.GetStatsRequest(
+            since=_ts(datetime(2000, 1, 1, tzinfo=UTC)), until=_ts(datetime(2100, 1, 1, tzinfo=UTC))
+        )
+        assert (await probe.GetStats(aligned, timeout=10)).total_generations == 20
+        # A partial minute at an edge is read from the raw rows, which this role cannot.
+        edge = pb.GetStatsRequest(since=_ts(datetime(2000, 1, 1, 0, 0, 30, tzinfo=UTC)))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await probe.GetStats(edge, timeout=10)
+        assert caught.value.code() == grpc.StatusCode.INTERNAL
 
 
 BASE = datetime(2025, 12, 31, 23, 59, 0, tzinfo=UTC)
