@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import text
 
 from services.similarity.app import Settings, build
@@ -338,3 +339,45 @@ async def test_recommend_rejects_bad_artist_lists(clean_db: Database, stub: Stub
     assert unknown.code() == grpc.StatusCode.NOT_FOUND
     info = error_info(unknown)
     assert info is not None and info.metadata["artist_name"] == "ghost"
+
+
+async def test_searches_run_through_the_read_only_role_when_configured(
+    clean_db: Database, settings: ServiceSettings
+) -> None:
+    assert settings.database_url is not None
+    readonly = settings.database_url.replace("postgres@", "stylebase_readonly@", 1)
+    await seed(clean_db, [Row("a", unit((0, 1.0))), Row("b", unit((0, 1.0), (1, 1.0)))])
+    async with similarity_stub(settings, POSTGRES_READONLY_DATABASE_URL=readonly) as client:
+        reply = await client.FindSimilarArtists(pb.FindSimilarArtistsRequest(artist_name="a"))
+        async with clean_db.transaction() as session:
+            users = await session.execute(
+                text(
+                    "SELECT DISTINCT usename FROM pg_stat_activity"
+                    " WHERE application_name = 'similarity'"
+                )
+            )
+            assert "stylebase_readonly" in set(users.scalars())
+    assert names(reply) == ["b"]
+
+
+async def test_searches_are_counted_by_kind(clean_db: Database, stub: Stub) -> None:
+    await seed(clean_db, [Row("a", unit((0, 1.0))), Row("b", unit((1, 1.0)))])
+
+    def count(kind: str) -> float:
+        return REGISTRY.get_sample_value("db_similarity_searches_total", {"kind": kind}) or 0.0
+
+    before = {k: count(k) for k in ("find_similar", "search_by_embedding", "recommend")}
+    await stub.FindSimilarArtists(pb.FindSimilarArtistsRequest(artist_name="a"))
+    await stub.SearchByEmbedding(pb.SearchByEmbeddingRequest(embedding=unit((0, 1.0))))
+    await stub.SearchByEmbedding(pb.SearchByEmbeddingRequest(embedding=unit((1, 1.0))))
+    await stub.Recommend(pb.RecommendRequest(positive_artists=["a"]))
+    after = {k: count(k) - before[k] for k in before}
+    assert after == {"find_similar": 1, "search_by_embedding": 2, "recommend": 1}
+
+
+async def test_measure_recall_with_no_embeddings_is_failed_precondition(
+    clean_db: Database, stub: Stub
+) -> None:
+    await seed(clean_db, [Row("no-vector", embedding=None)])
+    error = await rpc_error(stub.MeasureRecall(pb.MeasureRecallRequest()))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
