@@ -124,8 +124,8 @@ def _embedding(v: _Violations, values: Sequence[float], field: str) -> bytes | N
     # numpy answers the common case fast; the shared rule words the failure.
     if len(array) == EMBEDDING_DIM and np.isfinite(array).all() and array.any():
         return vectors.encode(values)
-    v.check(lambda: validation.embedding(values, field))
-    return None
+    checked = v.check(lambda: validation.embedding(values, field))
+    return None if checked is None else vectors.encode(checked)
 
 
 def _counts(v: _Violations, counts: common_pb2.SourceCounts, field: str) -> int:
