@@ -247,7 +247,7 @@ class Database:
         connection could not be made: nothing was sent, so a retry cannot apply twice."""
         async for attempt in AsyncRetrying(
             stop=stop_after_attempt(3),
-            wait=wait_exponential_jitter(initial=0.05, max=0.5),
+            wait=wait_exponential_jitter(multiplier=0.05, max=0.5),
             retry=retry_if_exception(_is_retryable),
             reraise=True,
         ):
