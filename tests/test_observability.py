@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -20,6 +23,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import format_span_id, format_trace_id
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import ValidationError
 from sqlalchemy import text
 
 from shared.db.engine import Database, classify_statement
@@ -31,7 +35,7 @@ from shared.grpc.channels import service_channel
 from shared.grpc.server import LIVENESS, ServiceDefinition, start_server, stop_server
 from shared.logging import JsonFormatter, request_id_var
 from shared.pending import PENDING_RPCS
-from shared.settings import SERVICES, ServiceSettings
+from shared.settings import SERVICES, ObservabilitySettings, ServiceSettings
 from stylebase.admin.v1 import admin_service_pb2 as admin_pb
 from stylebase.admin.v1 import admin_service_pb2_grpc as admin_grpc
 from stylebase.analytics.v1 import analytics_service_pb2 as analytics_pb
@@ -661,3 +665,49 @@ def test_json_log_lines_carry_request_and_trace_ids() -> None:
     assert line["trace_id"] == format_trace_id(context.trace_id)
     assert line["span_id"] == format_span_id(context.span_id)
     assert trace.get_current_span() is trace.INVALID_SPAN
+
+
+@pytest.mark.parametrize(
+    ("environment", "error"),
+    [
+        ({"OTEL_TRACES_EXPORTER": "jaeger"}, "unknown exporter 'jaeger'"),
+        ({"OTEL_TRACES_EXPORTER": "file"}, "needs STYLEBASE_TRACES_FILE"),
+        ({"SIMILARITY_METRICS_PORT": "70000"}, "similarity_metrics_port"),
+    ],
+)
+def test_observability_settings_refuse_nonsense(
+    monkeypatch: pytest.MonkeyPatch, environment: dict[str, str], error: str
+) -> None:
+    for key, value in environment.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ValidationError, match=error):
+        ObservabilitySettings()
+
+
+def test_no_exporter_by_default_and_console_and_otlp_when_set() -> None:
+    """In a child process, since a process installs its tracer provider once."""
+    script = (
+        "from shared.settings import ObservabilitySettings\n"
+        "from shared.telemetry import configure_tracing, tracer\n"
+        "assert configure_tracing('probe', ObservabilitySettings()) is None\n"
+        "provider = configure_tracing('probe', ObservabilitySettings(\n"
+        "    otel_traces_exporter='console,otlp',\n"
+        f"    otel_exporter_otlp_endpoint='http://127.0.0.1:{free_port()}'))\n"
+        "with tracer.start_as_current_span('hello-console'):\n"
+        "    pass\n"
+        "provider.shutdown()\n"
+    )
+    environment = {**os.environ, "OTEL_EXPORTER_OTLP_TIMEOUT": "1"}
+    environment.pop("OTEL_TRACES_EXPORTER", None)
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=environment,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)
+    assert printed["name"] == "hello-console"
+    assert printed["resource"]["attributes"]["service.name"] == "probe"
