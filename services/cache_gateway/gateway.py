@@ -87,8 +87,15 @@ class Gateway:
             self.stats.memory_hit()
             return Served(entry.profile, IN_PROCESS, not self.store_reachable, entry.fetched_at)
         negative_age = min(max_age, self.settings.cache_negative_ttl_seconds)
-        if memory.get_negative(name, required, now, negative_age):
+        negative = memory.get_negative(name, required, now, negative_age)
+        if negative is not None:
             self.stats.negative_hit()
+            if isinstance(negative.error, NotFound):
+                raise NotFound(
+                    negative.error.message,
+                    reason=negative.error.reason,
+                    metadata=negative.error.metadata,
+                )
             raise ArtistNotFound(name)
         self.stats.memory_miss()
         return await self.flights.run((name, required), lambda: self._load(name, required))
@@ -127,10 +134,10 @@ class Gateway:
         self.stats.store_fetch()
         try:
             profile = await self.store.get_profile(name)
-        except NotFound:
+        except NotFound as exc:
             self.store_reachable = True
             if self.settings.cache_negative_ttl_seconds > 0:
-                self.memory.put_negative(name, floor_at_start, started, epoch)
+                self.memory.put_negative(name, floor_at_start, started, epoch, exc)
             raise
         except StoreUnreachable as exc:
             self.stats.error(exc.kind)

@@ -28,6 +28,8 @@ class Negative:
     # The replica's floor for the artist when the store said NOT_FOUND.
     floor: int
     fresh_as_of: float
+    # What the store said (e.g. artist or profile not found), to say it again.
+    error: Exception | None = None
 
 
 class MemoryTier:
@@ -100,20 +102,25 @@ class MemoryTier:
         if negative is not None and negative.floor < version:
             del self.negatives[name]
 
-    def get_negative(self, name: str, required: int, now: float, max_age: float) -> bool:
+    def get_negative(self, name: str, required: int, now: float, max_age: float) -> Negative | None:
         negative = self.negatives.get(name)
-        if negative is None:
-            return False
-        if negative.floor < max(required, self.floor(name)):
-            return False
-        return now - negative.fresh_as_of < max_age
+        if negative is None or negative.floor < max(required, self.floor(name)):
+            return None
+        return negative if now - negative.fresh_as_of < max_age else None
 
-    def put_negative(self, name: str, floor: int, fresh_as_of: float, epoch: int) -> bool:
+    def put_negative(
+        self,
+        name: str,
+        floor: int,
+        fresh_as_of: float,
+        epoch: int,
+        error: Exception | None = None,
+    ) -> bool:
         """Remember NOT_FOUND unless an invalidation (a creation) arrived during the lookup."""
         if epoch != self.epoch or floor < self.floor(name):
             return False
         self._remove(name)
-        self.negatives[name] = Negative(floor, fresh_as_of)
+        self.negatives[name] = Negative(floor, fresh_as_of, error)
         self.negatives.move_to_end(name)
         while len(self.negatives) > self.max_negatives:
             self.negatives.popitem(last=False)
