@@ -170,8 +170,6 @@ async def test_concurrent_records_each_get_their_own_row_and_counter_increment(
     assert len(ok) == 80 and len(failed) == 40
     assert all(e.code() == grpc.StatusCode.NOT_FOUND for e in failed)
     assert len({r.generation.id for r in ok}) == 80
-    assert sorted(r.generation.generation_time_ms for r in ok) == [
-        i for i in range(120) if i % 3
-    ]
+    assert sorted(r.generation.generation_time_ms for r in ok) == [i for i in range(120) if i % 3]
     assert await _history_count(clean_db) == 80
     assert GENERATION_HISTORY_SAVES._value.get() - before == 80
