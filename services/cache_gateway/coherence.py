@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 MAX_MISSED = 100_000
 # Left of the caller's deadline for the answer to travel back.
 ACK_MARGIN_SECONDS = 0.02
+# A replica silent this many health intervals may have missed invalidations (others then
+# serve in degraded mode); silent for PEER_FORGET_SECONDS, it is taken to be gone.
+PEER_LAG_INTERVALS = 4
+PEER_FORGET_SECONDS = 30.0
 FAILURES = (RedisError, OSError, TimeoutError)
 
 
@@ -69,6 +73,8 @@ class RedisLink:
         self.replica = uuid.uuid4().hex[:12]
         self.gen: int | None = None
         self.up = False
+        # Some other replica has lost Redis: it may be dropping invalidations we never hear.
+        self.peers_lagging = False
         self.missed: dict[str, int] = {}
         self.missed_overflow = False
         self._seq = 0
@@ -76,6 +82,11 @@ class RedisLink:
         self._wake = asyncio.Event()
         self._subscriber: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def coherent(self) -> bool:
+        """Every replica hears every invalidation: the long in-process TTL is safe."""
+        return self.up and not self.peers_lagging
 
     # -- failures and the breaker ------------------------------------------------------
 
@@ -195,10 +206,7 @@ class RedisLink:
                         await asyncio.wait_for(self._wake.wait(), self.health_interval)
                     self._wake.clear()
                     if self.up:
-                        try:
-                            await self.tier.ping()
-                        except FAILURES as exc:
-                            self.fail(exc)
+                        await self._heartbeat()
                     if self.up and (self._subscriber is None or self._subscriber.done()):
                         self.fail(RedisConnectionError("the subscription was lost"))
                     if not self.up:
@@ -220,8 +228,29 @@ class RedisLink:
             await self._stop_subscriber()
             for task in list(self._tasks):
                 task.cancel()
+            if self.up:
+                # Leaving cleanly, so the others do not wait for this replica to come back.
+                with contextlib.suppress(*FAILURES):
+                    await self.tier.leave(self.replica)
+
+    async def _heartbeat(self) -> None:
+        lag = self.health_interval * PEER_LAG_INTERVALS
+        try:
+            lagging = await self.tier.heartbeat(self.replica, lag=lag, forget=PEER_FORGET_SECONDS)
+        except FAILURES as exc:
+            self.fail(exc)
+            return
+        if bool(lagging) != self.peers_lagging:
+            log.warning(
+                "%d other replicas have lost Redis: in-process copies kept for the degraded TTL"
+                if lagging
+                else "every replica reaches Redis again",
+                lagging,
+            )
+        self.peers_lagging = bool(lagging)
 
     async def _connect(self) -> None:
+        await self.tier.reset()
         await self.tier.ping()
         await self._stop_subscriber()
         pubsub = self.tier.subscriber_client.pubsub()
@@ -244,6 +273,7 @@ class RedisLink:
             self._spawn(self.tier.drop_generation(known))
         self.breaker.close()
         self.up = True
+        await self._heartbeat()
         log.info("Redis reachable (generation %s, %d missed drops replayed)", gen, len(missed))
 
     async def _stop_subscriber(self) -> None:

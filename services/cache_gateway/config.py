@@ -41,8 +41,10 @@ class Settings(ServiceSettings, RedisSettings):
     @property
     def staleness_bound_seconds(self) -> float:
         """How long after a write returns a replica may still serve the older copy."""
+        # Detecting a lost Redis takes a ping (interval + timeout); noticing that another
+        # replica lost it takes its silence (4 intervals) and our next heartbeat.
         return (
             self.cache_degraded_ttl_seconds
-            + self.redis_health_interval_seconds
+            + 5 * self.redis_health_interval_seconds
             + self.redis_timeout_seconds
         )

@@ -72,7 +72,7 @@ class Gateway:
     @property
     def coherent(self) -> bool:
         """Other replicas' invalidations reach this one (always, with no Redis configured)."""
-        return self.link is None or self.link.up
+        return self.link is None or self.link.coherent
 
     # -- read path ---------------------------------------------------------------------
 

@@ -60,6 +60,8 @@ class RedisTier:
         self._fill = self.client.register_script(_script("fill"))
         self._invalidate = self.client.register_script(_script("invalidate"))
         self._recover = self.client.register_script(_script("recover"))
+        self._heartbeat = self.client.register_script(_script("heartbeat"))
+        self.replicas_key = f"{prefix}:replicas"
 
     def ack_channel(self, replica: str) -> str:
         return f"{self.prefix}:ack:{replica}"
@@ -73,6 +75,18 @@ class RedisTier:
 
     async def ping(self) -> None:
         await self.client.ping()
+
+    async def reset(self) -> None:
+        """Drop pooled connections: after a Redis restart each would fail once on use."""
+        await self.client.connection_pool.disconnect()
+
+    async def heartbeat(self, replica: str, *, lag: float, forget: float) -> int:
+        """Say this replica is connected; returns how many replicas have gone silent."""
+        args: list[EncodableT] = [replica, lag, forget]
+        return int(await self._heartbeat(keys=[self.replicas_key], args=args))
+
+    async def leave(self, replica: str) -> None:
+        await self.client.zrem(self.replicas_key, replica)
 
     async def get(self, name: str, gen: int) -> tuple[int, bytes, float] | None:
         """The cached copy: (version, encoded profile, fetched-at), or None."""
