@@ -163,7 +163,14 @@ def main() -> None:
         store: ServiceProcess | None = None
         try:
             migrate.upgrade(url)
-            env = service_env(url, {"CACHE_GATEWAY_TARGET": f"127.0.0.1:{free_port()}"})
+            env = service_env(
+                url,
+                {
+                    "CACHE_GATEWAY_TARGET": f"127.0.0.1:{free_port()}",
+                    # A busy machine can take longer than the default 30 s for one batch.
+                    "DB_STATEMENT_TIMEOUT_MS": "600000",
+                },
+            )
             store = ServiceProcess("profile_store", env).start()
             print(
                 f"profile_store at {store.target}; PostgreSQL durable=False;"
