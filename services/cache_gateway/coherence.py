@@ -177,8 +177,9 @@ class RedisLink:
         except Exception as exc:
             self.fail(exc)
         finally:
+            # Bounded: the subscriber's socket has no timeout, and Redis may be frozen.
             with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await asyncio.wait_for(pubsub.aclose(), 1.0)  # type: ignore[no-untyped-call]
 
     async def _on_message(self, body: dict[str, Any]) -> None:
         if body["t"] == "i":

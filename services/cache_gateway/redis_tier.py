@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from importlib import resources
 from typing import Any
 
@@ -70,8 +72,9 @@ class RedisTier:
         return f"{self.prefix}:{gen}"
 
     async def close(self) -> None:
-        await self.client.aclose()
-        await self.subscriber_client.aclose()
+        for client in (self.client, self.subscriber_client):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.aclose(), 1.0)
 
     async def ping(self) -> None:
         await self.client.ping()
