@@ -20,7 +20,7 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run one service in this process")
     serve.add_argument("service", choices=SERVICES)
     mig = sub.add_parser("migrate", help="upgrade the database schema")
-    mig.add_argument("--revision", default="heads")
+    mig.add_argument("--revision", default="head")
     down = sub.add_parser("downgrade", help="downgrade the database schema")
     down.add_argument("--revision", default="base")
     sub.add_parser("seed-demo", help="load the demo drummers and producers (idempotent)")

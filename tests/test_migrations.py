@@ -44,7 +44,7 @@ async def _tables(engine: AsyncEngine) -> set[str]:
     return await _sync(engine, lambda c: set(inspect(c).get_table_names()))
 
 
-async def _upgrade(url: str, revision: str = "heads") -> None:
+async def _upgrade(url: str, revision: str = "head") -> None:
     # Alembic's env runs its own event loop; keep it off the test's loop.
     await asyncio.to_thread(migrate.upgrade, url, revision)
 
@@ -241,3 +241,10 @@ async def test_schema_refuses_rows_that_break_its_rules(
     with pytest.raises(IntegrityError):
         async with engine.begin() as conn:
             await conn.execute(text(sql))
+
+
+def test_migrations_have_a_single_head() -> None:
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(migrate.alembic_config("postgresql://unused/db"))
+    assert len(script.get_heads()) == 1, script.get_heads()
