@@ -165,6 +165,9 @@ def stack(
                 "PROFILE_STORE_TARGET": processes["profile_store"].target,
                 "CACHE_GATEWAY_TARGET": processes["cache_gateway"].target,
                 "SIMILARITY_RECALL_CANARY_INTERVAL_SECONDS": "1",
+                # The save's own invalidation call must not time out on a busy machine: a
+                # relay retry would start a trace of its own and the chain under test is lost.
+                "CACHE_INVALIDATION_TIMEOUT_MS": "10000",
                 "LOG_LEVEL": "INFO",
             },
         )

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import asyncpg
 from sqlalchemy import Connection, event, text
 from sqlalchemy.engine import ExceptionContext
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.util import await_
 from tenacity import (
     AsyncRetrying,
     retry_if_exception,
@@ -34,6 +35,7 @@ from shared.settings import DatabaseSettings
 from shared.telemetry import end_sql_span, start_sql_span
 
 log = logging.getLogger(__name__)
+_LOCAL_TIMEOUT = text("SELECT set_config('statement_timeout', :ms, true)")
 T = TypeVar("T")
 
 # SQLSTATEs: statement canceled by timeout, and the ones that ask for a retry of the transaction.
@@ -185,7 +187,8 @@ def create_engine(
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout_seconds,
-        pool_pre_ping=settings.db_pool_pre_ping,
+        # Pre-ping is install_pre_ping's cheaper version: SQLAlchemy's costs three round trips.
+        pool_pre_ping=False,
         connect_args={
             "timeout": settings.db_connect_timeout_seconds,
             "server_settings": {
@@ -194,6 +197,33 @@ def create_engine(
             },
         },
     )
+
+
+def install_pre_ping(engine: AsyncEngine, *, idle_seconds: float) -> None:
+    """Check each connection as it leaves the pool, without a round trip when it was just used.
+
+    A connection asyncpg already knows is closed (server restart, reset socket) is replaced at
+    once; one idle for idle_seconds or more must answer a one-round-trip ping first, which
+    catches half-open connections. A failed check makes the pool take a fresh connection.
+    """
+    pool = engine.sync_engine.pool
+
+    @event.listens_for(pool, "checkin")
+    def _checkin(_dbapi: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(pool, "checkout")
+    def _checkout(dbapi: Any, record: Any, _proxy: Any) -> None:
+        raw = dbapi.driver_connection
+        if raw.is_closed():
+            raise DisconnectionError("the connection was closed while idle in the pool")
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < idle_seconds:
+            return
+        try:
+            await_(raw.execute(";"))
+        except Exception as exc:
+            raise DisconnectionError(f"pre-ping failed: {exc}") from exc
 
 
 class Database:
@@ -205,6 +235,8 @@ class Database:
         self.name = name or engine.url.database or "database"
         self.sessions = async_sessionmaker(engine, expire_on_commit=False)
         observe_queries(engine, slow_query_ms=settings.db_slow_query_ms)
+        if settings.db_pool_pre_ping:
+            install_pre_ping(engine, idle_seconds=settings.db_pool_ping_idle_seconds)
         track_pool(self)
 
     @classmethod
@@ -221,8 +253,9 @@ class Database:
     async def transaction(self, *, time_left: float | None = None) -> AsyncIterator[AsyncSession]:
         """A session in a transaction that commits on success and rolls back on any error.
 
-        time_left is the caller's remaining deadline in seconds; when shorter
-        than the configured statement timeout it bounds every statement instead.
+        time_left is the caller's remaining deadline in seconds; when shorter than the
+        statement timeout it bounds every statement instead, on the server: a statement waiting
+        on a lock is cancelled there even if this client is gone.
         """
         if time_left is not None and time_left <= 0:
             raise DeadlineExceeded("the deadline expired before the database was reached")
@@ -232,8 +265,10 @@ class Database:
                     time_left is not None
                     and time_left * 1000 < self.settings.db_statement_timeout_ms
                 ):
-                    ms = max(1, int(time_left * 1000))
-                    await session.execute(text(f"SET LOCAL statement_timeout = {ms}"))
+                    # A bound parameter keeps this one prepared statement for every deadline.
+                    await session.execute(
+                        _LOCAL_TIMEOUT, {"ms": str(max(1, int(time_left * 1000)))}
+                    )
                 yield session
         except (DBAPIError, PoolTimeoutError, OSError) as exc:
             if not isinstance(exc, DBAPIError):  # statement errors are counted by the engine hook
@@ -245,20 +280,18 @@ class Database:
     ) -> T:
         """Run work in a transaction, retrying (at most 3 attempts) only when the
         connection could not be made: nothing was sent, so a retry cannot apply twice."""
-        async for attempt in AsyncRetrying(
-            stop=stop_after_attempt(3),
-            wait=wait_exponential_jitter(multiplier=0.05, max=0.5),
-            retry=retry_if_exception(_is_retryable),
-            reraise=True,
-        ):
-            with attempt:
-                async with self.transaction(time_left=time_left) as session:
-                    return await work(session)
-        raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+
+        async def attempt() -> T:
+            async with self.transaction(time_left=time_left) as session:
+                return await work(session)
+
+        return await _retry_connect(attempt)
 
     async def ping(self) -> None:
-        async with self.transaction(time_left=2.0) as session:
+        async def select_one(session: AsyncSession) -> None:
             await session.execute(text("SELECT 1"))
+
+        await self.run(select_one, time_left=2.0)
 
     def pool_status(self) -> dict[str, Any]:
         pool: Any = self.engine.pool
@@ -271,6 +304,18 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+async def _retry_connect(attempt: Callable[[], Awaitable[T]]) -> T:
+    async for state in AsyncRetrying(
+        stop=stop_after_attempt(3),
+        wait=wait_exponential_jitter(multiplier=0.05, max=0.5),
+        retry=retry_if_exception(_is_retryable),
+        reraise=True,
+    ):
+        with state:
+            return await attempt()
+    raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
 
 def _is_retryable(exc: BaseException) -> bool:
