@@ -166,9 +166,9 @@ def test_database_without_pgvector_is_refused(tmp_path: Path, postgres: Embedded
     # An extension path with no vector.control: this server then has no pgvector to offer.
     empty = tmp_path / "ext"
     (empty / "extension").mkdir(parents=True)
-    os.chmod(tmp_path, 0o755)
-    os.chmod(empty, 0o755)
-    os.chmod(empty / "extension", 0o755)
+    # The server runs as its own user: it must be able to reach the folder.
+    for folder in [empty / "extension", empty, *empty.parents]:
+        folder.chmod(folder.stat().st_mode | 0o055)
     url = f"{postgres.url}?extension_control_path={empty}"
     env, _ = _stack_env(tmp_path, DATABASE_URL=url)
     error = _up_fails(env)
