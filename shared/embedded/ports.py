@@ -6,6 +6,9 @@ import socket
 
 # Ports of the machine's own servers; never handed out even if they look free.
 RESERVED = {5432, 6379, 3306, 5672, 1883, 4222}
+# The probe socket is closed before the port is used, so the kernel may offer the same port to
+# the next call; several ports drawn together (a stack's four services) must still differ.
+_handed_out: set[int] = set()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -13,7 +16,8 @@ def free_port(host: str = "127.0.0.1") -> int:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind((host, 0))
             port: int = sock.getsockname()[1]
-        if port not in RESERVED:
+        if port not in RESERVED and port not in _handed_out:
+            _handed_out.add(port)
             return port
 
 
