@@ -7,7 +7,6 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from shared.db.models import Artist, StyleProfile
 from shared.errors import InvalidArgument
 from stylebase.common.v1 import common_pb2
 
@@ -63,7 +62,8 @@ def from_timestamp(value: Timestamp) -> datetime:
     return value.ToDatetime(tzinfo=UTC)
 
 
-def artist_to_proto(row: Artist) -> common_pb2.Artist:
+def artist_to_proto(row: Any) -> common_pb2.Artist:
+    """From an Artist model or a result row with the artists table's columns."""
     return common_pb2.Artist(
         id=str(row.id),
         name=row.name,
@@ -83,21 +83,3 @@ def params_to_json(params: common_pb2.QuantitativeParams) -> dict[str, float]:
 
 def counts_to_json(counts: common_pb2.SourceCounts) -> dict[str, int]:
     return {f.name: getattr(counts, f.name) for f in common_pb2.SourceCounts.DESCRIPTOR.fields}
-
-
-def profile_to_proto(row: StyleProfile, artist_name: str) -> common_pb2.StyleProfile:
-    embedding: Any = row.embedding
-    return common_pb2.StyleProfile(
-        id=str(row.id),
-        artist_id=str(row.artist_id),
-        artist_name=artist_name,
-        text_description=row.text_description,
-        quantitative_params=common_pb2.QuantitativeParams(**row.quantitative_params),
-        midi_templates=list(row.midi_templates_json or []),
-        embedding=[] if embedding is None else [float(v) for v in embedding],
-        confidence_score=row.confidence_score,
-        sources_count=common_pb2.SourceCounts(**(row.sources_count or {})),
-        created_at=timestamp(row.created_at),
-        updated_at=timestamp(row.updated_at),
-        version=row.version,
-    )

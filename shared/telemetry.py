@@ -7,7 +7,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -23,6 +23,7 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.trace import SpanKind, Status, StatusCode, format_span_id, format_trace_id
 
+from shared.grpc.base import UnaryHandler, UnaryServerInterceptor, with_metadata
 from shared.metrics import GRPC_SERVER_HANDLED, GRPC_SERVER_HANDLING
 from shared.settings import ObservabilitySettings
 
@@ -98,24 +99,12 @@ def _status_of(context: grpc.aio.ServicerContext[Any, Any], default: grpc.Status
     return code if isinstance(code, grpc.StatusCode) else default
 
 
-UnaryHandler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
-
-
-class TelemetryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+class TelemetryInterceptor(UnaryServerInterceptor):
     """Outermost server interceptor: a SERVER span joined to the caller's trace, and the
     gRPC request counter and latency histogram with the status code the client saw."""
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Any:
-        handler = await continuation(handler_call_details)
-        # Unary RPCs only: health Watch and reflection stream for as long as the client likes.
-        if handler is None or handler.unary_unary is None:
-            return handler
-        inner: UnaryHandler = handler.unary_unary
-        service, _, method = handler_call_details.method.lstrip("/").partition("/")
+    def wrap(self, inner: UnaryHandler, full_method: str) -> UnaryHandler:
+        service, _, method = full_method.lstrip("/").partition("/")
         attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
 
         async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
@@ -151,11 +140,7 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
                     if code is not grpc.StatusCode.OK:
                         span.set_status(Status(StatusCode.ERROR, code.name))
 
-        return grpc.unary_unary_rpc_method_handler(
-            wrapper,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return wrapper
 
 
 class TracingClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
@@ -177,17 +162,7 @@ class TracingClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: i
         ) as span:
             carrier: dict[str, str] = {}
             propagate.inject(carrier)
-            metadata = grpc.aio.Metadata(*(client_call_details.metadata or ()))
-            for key, value in carrier.items():
-                metadata[key] = value
-            details = grpc.aio.ClientCallDetails(
-                client_call_details.method,
-                client_call_details.timeout,
-                metadata,
-                client_call_details.credentials,
-                client_call_details.wait_for_ready,
-            )
-            call = await continuation(details, request)
+            call = await continuation(with_metadata(client_call_details, carrier.items()), request)
             # Waiting for the status here keeps the span as long as the call.
             code = await call.code()
             span.set_attribute("rpc.grpc.status_code", code.value[0])

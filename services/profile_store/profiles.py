@@ -103,18 +103,6 @@ class ArtistRow:
     created: bool
 
 
-def artist_to_proto(row: Row[Any]) -> common_pb2.Artist:
-    return common_pb2.Artist(
-        id=str(row.id),
-        name=row.name,
-        research_status=convert.status_from_db(row.research_status),
-        last_updated=convert.timestamp(row.last_updated),
-        sources_count=row.sources_count,
-        confidence_score=row.confidence_score,
-        created_at=convert.timestamp(row.created_at),
-    )
-
-
 def profile_to_proto(row: Row[Any], artist_name: str) -> common_pb2.StyleProfile:
     return common_pb2.StyleProfile(
         id=str(row.id),
@@ -145,7 +133,7 @@ async def upsert_artists(
             "sources": [item.sources_total for item in ordered],
         },
     )
-    return {row.name: ArtistRow(artist_to_proto(row), row.created) for row in rows}
+    return {row.name: ArtistRow(convert.artist_to_proto(row), row.created) for row in rows}
 
 
 def _profile_params(

@@ -82,10 +82,10 @@ class ProfileRepository:
             for _ in range(3):
                 row = await artists.create(session, name)
                 if row is not None:
-                    return profiles.artist_to_proto(row), True
+                    return convert.artist_to_proto(row), True
                 row = await artists.by_name(session, name)
                 if row is not None:
-                    return profiles.artist_to_proto(row), False
+                    return convert.artist_to_proto(row), False
             raise Aborted(f"artist '{name}' was created and deleted concurrently; retry")
 
         return await self.db.run(work, time_left=time_left)
@@ -112,7 +112,7 @@ class ProfileRepository:
                     metadata={"artist_id": str(artist_id)},
                 )
             raise ArtistNotFound(name or "")
-        return profiles.artist_to_proto(row)
+        return convert.artist_to_proto(row)
 
     async def list_artists(
         self, *, status: str | None, page_size: int, page_token: str, time_left: float | None
@@ -131,7 +131,7 @@ class ProfileRepository:
             token = pagination.encode(
                 after_id=str(last.id), after_time=last.created_at, filters=filters
             )
-        return [profiles.artist_to_proto(r) for r in rows], token
+        return [convert.artist_to_proto(r) for r in rows], token
 
     async def set_research_status(
         self, name: str, status: str, *, time_left: float | None = None
@@ -142,7 +142,7 @@ class ProfileRepository:
         row = await self.db.run(work, time_left=time_left)
         if row is None:
             raise ArtistNotFound(name)
-        return profiles.artist_to_proto(row)
+        return convert.artist_to_proto(row)
 
     async def delete_artist(self, name: str, *, time_left: float | None = None) -> DeletedArtist:
         deadline = _Deadline(time_left)

@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 
+from shared.grpc.base import with_metadata
 from shared.grpc.interceptors import REQUEST_ID_KEY
 from shared.logging import request_id_var
 from shared.telemetry import TracingClientInterceptor
@@ -41,15 +42,7 @@ class _RequestIdInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: igno
     ) -> Any:
         request_id = request_id_var.get()
         if request_id:
-            metadata = grpc.aio.Metadata(*(client_call_details.metadata or ()))
-            metadata[REQUEST_ID_KEY] = request_id
-            client_call_details = grpc.aio.ClientCallDetails(
-                client_call_details.method,
-                client_call_details.timeout,
-                metadata,
-                client_call_details.credentials,
-                client_call_details.wait_for_ready,
-            )
+            client_call_details = with_metadata(client_call_details, [(REQUEST_ID_KEY, request_id)])
         return await continuation(client_call_details, request)
 
 

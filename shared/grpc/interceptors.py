@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 
 from shared.errors import StylebaseError
+from shared.grpc.base import UnaryHandler, UnaryServerInterceptor
 from shared.grpc.status import to_grpc_status
 from shared.logging import new_request_id, request_id_var
 
 log = logging.getLogger(__name__)
 
 REQUEST_ID_KEY = "x-request-id"
-UnaryHandler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 
 
 def _incoming_request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
@@ -26,7 +25,7 @@ def _incoming_request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     return new_request_id()
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+class ErrorInterceptor(UnaryServerInterceptor):
     """One place that maps exceptions to statuses.
 
     Domain errors keep their code, message and details; an RPC whose issue is
@@ -34,18 +33,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     traceback and never sent to the client.
     """
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Any:
-        handler = await continuation(handler_call_details)
-        # Only unary-unary RPCs are ours; health Watch and reflection stream.
-        if handler is None or handler.unary_unary is None:
-            return handler
-        inner: UnaryHandler = handler.unary_unary
-        method: str = handler_call_details.method
-
+    def wrap(self, inner: UnaryHandler, method: str) -> UnaryHandler:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             token = request_id_var.set(_incoming_request_id(context))
             try:
@@ -74,8 +62,4 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             finally:
                 request_id_var.reset(token)
 
-        return grpc.unary_unary_rpc_method_handler(
-            wrapper,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return wrapper
