@@ -32,6 +32,15 @@ _CONCURRENT_CALLS = 32
 # to the relay instead of spending the deadline on calls that fail the same way.
 _GIVE_UP_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNIMPLEMENTED}
 
+# Every statement that writes several outbox rows takes their locks in artist-name order, so a
+# save, a batch and the relay never wait on each other in a cycle.
+_LOCK_IN_NAME_ORDER = """
+    WITH locked AS (
+        SELECT o.artist_name FROM profile_invalidation_outbox o
+        WHERE o.artist_name = ANY(CAST(:names AS text[]))
+        ORDER BY o.artist_name FOR UPDATE
+    )
+"""
 _ENQUEUE = text(
     """
     INSERT INTO profile_invalidation_outbox
@@ -40,6 +49,7 @@ _ENQUEUE = text(
            now() + make_interval(secs => :delay)
     FROM unnest(CAST(:names AS text[]), CAST(:versions AS bigint[]), CAST(:deleted AS bool[]))
          AS u(name, version, deleted)
+    ORDER BY u.name
     ON CONFLICT (artist_name) DO UPDATE
         SET version = EXCLUDED.version, deleted = EXCLUDED.deleted,
             created_at = EXCLUDED.created_at, attempts = 0,
@@ -49,10 +59,11 @@ _ENQUEUE = text(
 )
 # Conditional on the version, so an acknowledgement never drops a newer invalidation.
 _ACKNOWLEDGE = text(
-    """
+    _LOCK_IN_NAME_ORDER
+    + """
     DELETE FROM profile_invalidation_outbox o
-    USING unnest(CAST(:names AS text[]), CAST(:versions AS bigint[])) AS u(name, version)
-    WHERE o.artist_name = u.name AND o.version = u.version
+    USING unnest(CAST(:names AS text[]), CAST(:versions AS bigint[])) AS u(name, version), locked
+    WHERE o.artist_name = u.name AND o.version = u.version AND locked.artist_name = o.artist_name
     """
 )
 _DUE = text(
@@ -62,14 +73,15 @@ _DUE = text(
     """
 )
 _POSTPONE = text(
-    """
+    _LOCK_IN_NAME_ORDER
+    + """
     UPDATE profile_invalidation_outbox o
     SET attempts = o.attempts + 1,
         next_attempt_at = now() + make_interval(
             secs => least(:max_backoff, :base * power(2, least(o.attempts, 30)))
                     * (0.5 + random() / 2))
-    FROM unnest(CAST(:names AS text[]), CAST(:versions AS bigint[])) AS u(name, version)
-    WHERE o.artist_name = u.name AND o.version = u.version
+    FROM unnest(CAST(:names AS text[]), CAST(:versions AS bigint[])) AS u(name, version), locked
+    WHERE o.artist_name = u.name AND o.version = u.version AND locked.artist_name = o.artist_name
     """
 )
 
