@@ -7,11 +7,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from shared import pagination
 from shared.convert import from_timestamp
+from shared.db.engine import Database, positional
 from shared.errors import ArtistNotFound
 from shared.validation import uuid_value
 
@@ -42,8 +40,7 @@ class HistoryPage:
 # One statement, so the count and the page come from one snapshot. The count is the
 # counter the insert trigger keeps; the page walks ix_generation_history_artist_created
 # backwards from the cursor, which later inserts (newer keys) cannot shift.
-PAGE = text(
-    """
+PAGE = """
     SELECT a.id AS artist_id, coalesce(c.generations, 0) AS total, g.*
     FROM artists a
     LEFT JOIN artist_generation_counts c ON c.artist_id = a.id
@@ -59,8 +56,7 @@ PAGE = text(
     ) g ON true
     WHERE a.name = :name
     ORDER BY g.created_at DESC, g.id DESC
-    """
-)
+"""
 
 
 def _filters(name: str) -> str:
@@ -68,39 +64,36 @@ def _filters(name: str) -> str:
 
 
 async def artist_history(
-    session: AsyncSession, *, name: str, limit: int, page_token: str
+    db: Database, *, name: str, limit: int, page_token: str, time_left: float | None
 ) -> HistoryPage:
+    """One statement through Database.fetch: no transaction is needed for one snapshot."""
     cursor = pagination.decode(page_token, filters=_filters(name))
     after_time = from_timestamp(cursor.after_time) if cursor is not None else None
     after_id = cursor.after_id if cursor is not None else None
     if after_id is not None:
         uuid_value(after_id, "page_token")
-    result = (
-        await session.execute(
-            PAGE,
-            {
-                "name": name,
-                "after_time": after_time,
-                "after_id": after_id,
-                "max_id": MAX_ID,
-                "fetch": limit + 1,
-            },
-        )
-    ).all()
+    params = {
+        "name": name,
+        "after_time": after_time,
+        "after_id": after_id,
+        "max_id": MAX_ID,
+        "fetch": limit + 1,
+    }
+    result = await db.fetch(*positional(PAGE, params), time_left=time_left)
     if not result:
         raise ArtistNotFound(name)
-    found = [r for r in result if r.id is not None]
+    found = [r for r in result if r["id"] is not None]
     rows = [
         HistoryRow(
-            id=r.id,
-            artist_id=r.artist_id,
-            provider_used=r.provider_used,
-            generation_time_ms=r.generation_time_ms,
-            tokens_used=r.tokens_used or 0,
-            cost_usd=r.cost_usd or 0.0,
-            user_params=r.user_params,
-            output_files=list(r.output_files or []),
-            created_at=r.created_at,
+            id=r["id"],
+            artist_id=r["artist_id"],
+            provider_used=r["provider_used"],
+            generation_time_ms=r["generation_time_ms"],
+            tokens_used=r["tokens_used"] or 0,
+            cost_usd=r["cost_usd"] or 0.0,
+            user_params=r["user_params"],
+            output_files=list(r["output_files"] or []),
+            created_at=r["created_at"],
         )
         for r in found[:limit]
     ]
@@ -110,4 +103,4 @@ async def artist_history(
         token = pagination.encode(
             after_id=str(last.id), after_time=last.created_at, filters=_filters(name)
         )
-    return HistoryPage(name, rows, int(result[0].total), token)
+    return HistoryPage(name, rows, int(result[0]["total"]), token)

@@ -24,7 +24,6 @@ class AnalyticsRepository:
     async def history(
         self, *, name: str, limit: int, page_token: str, time_left: float | None
     ) -> HistoryPage:
-        return await self._reads.run(
-            lambda s: artist_history(s, name=name, limit=limit, page_token=page_token),
-            time_left=time_left,
+        return await artist_history(
+            self._reads, name=name, limit=limit, page_token=page_token, time_left=time_left
         )

@@ -7,7 +7,7 @@ style_profile_version_seq after that lock, so versions only ever rise for a name
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,15 +84,14 @@ _REPLACE_PROFILE = text(
     RETURNING {PROFILE_COLUMNS}
     """
 )
-_GET_PROFILE = text(
-    """
+# Read through Database.fetch (driver parameters, one round trip): the store's hottest read.
+GET_PROFILE = """
     SELECT a.id AS found_artist_id, p.id, p.artist_id, p.text_description,
            p.quantitative_params, p.midi_templates_json, p.embedding, p.confidence_score,
            p.sources_count, p.created_at, p.updated_at, p.version
     FROM artists a LEFT JOIN style_profiles p ON p.artist_id = a.id
-    WHERE a.name = :name
-    """
-)
+    WHERE a.name = $1
+"""
 
 
 @dataclass(frozen=True)
@@ -103,20 +102,22 @@ class ArtistRow:
     created: bool
 
 
-def profile_to_proto(row: Row[Any], artist_name: str) -> common_pb2.StyleProfile:
+def profile_to_proto(row: Mapping[str, Any], artist_name: str) -> common_pb2.StyleProfile:
+    """A profile row (a driver record, or a SQLAlchemy row's _mapping) as its message."""
+    embedding = row["embedding"]
     return common_pb2.StyleProfile(
-        id=str(row.id),
-        artist_id=str(row.artist_id),
+        id=str(row["id"]),
+        artist_id=str(row["artist_id"]),
         artist_name=artist_name,
-        text_description=row.text_description,
-        quantitative_params=common_pb2.QuantitativeParams(**row.quantitative_params),
-        midi_templates=list(row.midi_templates_json or []),
-        embedding=[] if row.embedding is None else vectors.decode(row.embedding),
-        confidence_score=row.confidence_score,
-        sources_count=common_pb2.SourceCounts(**(row.sources_count or {})),
-        created_at=convert.timestamp(row.created_at),
-        updated_at=convert.timestamp(row.updated_at),
-        version=row.version,
+        text_description=row["text_description"],
+        quantitative_params=common_pb2.QuantitativeParams(**row["quantitative_params"]),
+        midi_templates=list(row["midi_templates_json"] or []),
+        embedding=[] if embedding is None else vectors.decode(embedding),
+        confidence_score=row["confidence_score"],
+        sources_count=common_pb2.SourceCounts(**(row["sources_count"] or {})),
+        created_at=convert.timestamp(row["created_at"]),
+        updated_at=convert.timestamp(row["updated_at"]),
+        version=row["version"],
     )
 
 
@@ -189,11 +190,3 @@ async def replace_profile(
         },
     )
     return result.first()
-
-
-async def get_profile(session: AsyncSession, name: str) -> tuple[bool, Row[Any] | None]:
-    """(artist exists, its profile row or None)."""
-    row = (await session.execute(_GET_PROFILE, {"name": name})).first()
-    if row is None:
-        return False, None
-    return True, (row if row.id is not None else None)

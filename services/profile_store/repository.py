@@ -199,7 +199,7 @@ class ProfileRepository:
         STYLE_PROFILE_SAVES.inc()
         invalidated = await self._notify([Invalidation(name, row.version)], deadline)
         return SavedProfile(
-            profiles.profile_to_proto(row, name), artist.proto, artist.created, invalidated
+            profiles.profile_to_proto(row._mapping, name), artist.proto, artist.created, invalidated
         )
 
     async def batch_save(
@@ -227,13 +227,11 @@ class ProfileRepository:
     async def get_profile(
         self, name: str, *, time_left: float | None = None
     ) -> common_pb2.StyleProfile:
-        async def work(session: AsyncSession) -> tuple[bool, Any]:
-            return await profiles.get_profile(session, name)
-
-        found, row = await self.db.run(work, time_left=time_left)
-        if not found:
+        rows = await self.db.fetch(profiles.GET_PROFILE, name, time_left=time_left)
+        if not rows:
             raise ArtistNotFound(name)
-        if row is None:
+        row = rows[0]
+        if row["id"] is None:
             raise NotFound(
                 f"Artist '{name}' has no style profile yet",
                 reason="PROFILE_NOT_FOUND",

@@ -54,12 +54,9 @@ class SimilarityRepository:
         tuning: Tuning,
         time_left: float | None,
     ) -> list[Match]:
-        async def work(session: AsyncSession) -> list[Match]:
-            query = Query(limit, source_name=artist_name, filter=search_filter, tuning=tuning)
-            return await self.search.nearest(session, query)
-
+        query = Query(limit, source_name=artist_name, filter=search_filter, tuning=tuning)
         SIMILARITY_SEARCHES.labels(kind="find_similar").inc()
-        return await self.db.run(work, time_left=time_left)
+        return await self._nearest(query, time_left)
 
     async def search_by_embedding(
         self,
@@ -72,23 +69,33 @@ class SimilarityRepository:
         tuning: Tuning,
         time_left: float | None,
     ) -> list[Match]:
-        async def work(session: AsyncSession) -> list[Match]:
-            query = Query(
-                limit,
-                vector=vector,
-                exclude_names=exclude_names,
-                filter=search_filter,
-                tuning=tuning,
-            )
-            return await self.search.nearest(session, query)
-
+        query = Query(
+            limit, vector=vector, exclude_names=exclude_names, filter=search_filter, tuning=tuning
+        )
         SIMILARITY_SEARCHES.labels(kind="search_by_embedding").inc()
-        matches = await self.db.run(work, time_left=time_left)
+        matches = await self._nearest(query, time_left)
         # The cut comes after the limit: results are best first, so dropping the tail
         # equals filtering first, and the index scan is not sent hunting for rows.
         if min_similarity is None:
             return matches
         return [m for m in matches if m.similarity >= min_similarity]
+
+    async def _nearest(self, query: Query, time_left: float | None) -> list[Match]:
+        """A default query tries the one-statement index scan first; a tuned query, or one
+        the index answered short, runs its whole search in a transaction."""
+        index_rows: list[Match] | None = None
+        if self.search.is_default(query):
+            started = time.monotonic()
+            index_rows = await self.search.index_scan(self.db, query, time_left)
+            if len(index_rows) >= query.limit:
+                return index_rows
+            if time_left is not None:
+                time_left -= time.monotonic() - started
+
+        async def work(session: AsyncSession) -> list[Match]:
+            return await self.search.nearest(session, query, index_rows=index_rows)
+
+        return await self.db.run(work, time_left=time_left)
 
     async def recommend(
         self,

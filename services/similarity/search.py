@@ -11,6 +11,7 @@ import numpy as np
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from shared.db.engine import Database, positional
 from shared.errors import ArtistNotFound, FailedPrecondition, InvalidArgument
 
 
@@ -189,7 +190,21 @@ class SimilaritySearch:
             )
         return ef
 
-    async def nearest(self, session: AsyncSession, query: Query) -> list[Match]:
+    async def index_scan(self, db: Database, query: Query, time_left: float | None) -> list[Match]:
+        """The index scan alone, one statement outside a transaction on a connection that
+        already has the service's index settings: the common request's whole path."""
+        sql, params = search_sql(query, exact=False)
+        rows = await db.fetch(*positional(sql, params), time_left=time_left)
+        return [Match(row["id"], row["name"], float(row["similarity"])) for row in rows]
+
+    def is_default(self, query: Query) -> bool:
+        """True when the query needs nothing set on its connection first."""
+        tuning = query.tuning
+        return not tuning.exact and tuning.ef_search in (None, self.index.ef_search)
+
+    async def nearest(
+        self, session: AsyncSession, query: Query, *, index_rows: list[Match] | None = None
+    ) -> list[Match]:
         """Index search; exact search when asked, or when the index came back short.
 
         Iterative scans keep a filtered query going until max_scan_tuples; a filter
@@ -197,13 +212,14 @@ class SimilaritySearch:
         then the exact scan (which only computes distances for rows that pass the
         filter) returns every match there is. An empty answer for a source artist
         may instead mean the artist cannot be searched from: the lookup says which.
+        index_rows is the answer of an index scan the caller already ran.
         """
-        rows: list[Match] = []
-        if not query.tuning.exact:
+        rows: list[Match] = index_rows or []
+        if not query.tuning.exact and index_rows is None:
             await self.tune(session, query.tuning.ef_search)
             rows = await self.scan(session, query, exact=False)
-            if len(rows) >= query.limit:
-                return rows
+        if len(rows) >= query.limit:
+            return rows
         if not rows and query.source_name is not None:
             await self.embeddings_of(session, [query.source_name])
         return await self.scan(session, query, exact=True)

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import asyncpg
-from sqlalchemy import Connection, event, text
-from sqlalchemy.engine import ExceptionContext
+from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import (
@@ -20,7 +21,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.util import await_
+from sqlalchemy.util import await_, greenlet_spawn
 from tenacity import (
     AsyncRetrying,
     retry_if_exception,
@@ -28,15 +29,16 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from shared.db.models import Base
+from shared.db.observe import EXPLAINABLE, Query, classify_statement, observe_queries
 from shared.errors import Aborted, DeadlineExceeded, StylebaseError, Unavailable
-from shared.metrics import DB_QUERY_DURATION, DB_QUERY_ERRORS, DB_SLOW_QUERIES, track_pool
+from shared.metrics import DB_QUERY_ERRORS, track_pool
 from shared.settings import DatabaseSettings
-from shared.telemetry import end_sql_span, start_sql_span
 
 log = logging.getLogger(__name__)
 _LOCAL_TIMEOUT = text("SELECT set_config('statement_timeout', :ms, true)")
 T = TypeVar("T")
+__all__ = ["Database", "classify_statement", "create_engine", "positional", "translate_db_error"]
+_BIND_RE = re.compile(r"(?<![:\w]):(\w+)")
 
 # SQLSTATEs: statement canceled by timeout, and the ones that ask for a retry of the transaction.
 _QUERY_CANCELED = "57014"
@@ -69,98 +71,24 @@ def _is_connect_error(exc: BaseException) -> bool:
     ).startswith("08")
 
 
-# Label values stay bounded: known verbs and the schema's own tables, anything else "other".
-_VERBS = frozenset(
-    {"select", "insert", "update", "delete", "with", "set", "show", "savepoint", "release"}
-)
-_EXPLAINABLE = frozenset({"select", "insert", "update", "delete", "with"})
-_TABLES = frozenset(Base.metadata.tables)
-_VERB_RE = re.compile(r"^\s*(\w+)")
-_TABLE_RE = re.compile(r'\b(?:FROM|INTO|UPDATE|JOIN)\s+"?(\w+)"?', re.IGNORECASE)
-_QUERY_KEY = "stylebase_query"
+@functools.lru_cache(maxsize=512)
+def _numbered(statement: str) -> tuple[str, tuple[str, ...]]:
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        if match.group(1) not in names:
+            names.append(match.group(1))
+        return f"${names.index(match.group(1)) + 1}"
+
+    return _BIND_RE.sub(number, statement), tuple(names)
 
 
-def classify_statement(statement: str) -> tuple[str, str]:
-    """(operation, table) labels of a SQL statement."""
-    verb = _VERB_RE.match(statement)
-    operation = verb.group(1).lower() if verb else "other"
-    table = _TABLE_RE.search(statement)
-    name = table.group(1).lower() if table else "none"
-    return (
-        operation if operation in _VERBS else "other",
-        name if name in _TABLES or name == "none" else "other",
-    )
-
-
-def _explain(conn: Connection, statement: str, parameters: Any) -> str:
-    """The plan of a statement that just ran, in a savepoint so a failure cannot spoil the
-    caller's transaction (EXPLAIN without ANALYZE runs nothing)."""
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
-        cursor.execute("SAVEPOINT stylebase_explain")
-        try:
-            cursor.execute("EXPLAIN " + statement, parameters)
-            plan = "\n".join(str(row[0]) for row in cursor.fetchall())
-            cursor.execute("RELEASE SAVEPOINT stylebase_explain")
-            return plan
-        except Exception as exc:
-            cursor.execute("ROLLBACK TO SAVEPOINT stylebase_explain")
-            return f"(no plan: {exc})"
-    except Exception as exc:  # outside a transaction no savepoint can be taken
-        return f"(no plan: {exc})"
-    finally:
-        cursor.close()
-
-
-def observe_queries(engine: AsyncEngine, *, slow_query_ms: int) -> None:
-    """Time every statement (histogram and SQL span), count failures, log slow ones with plans."""
-    sync = engine.sync_engine
-
-    @event.listens_for(sync, "before_cursor_execute")
-    def _before(conn: Connection, _c: Any, statement: str, _p: Any, _ctx: Any, _m: bool) -> None:
-        operation, table = classify_statement(statement)
-        span = start_sql_span(operation, table, statement)
-        conn.info[_QUERY_KEY] = (time.perf_counter(), span, operation, table)
-
-    @event.listens_for(sync, "after_cursor_execute")
-    def _after(
-        conn: Connection, _c: Any, statement: str, parameters: Any, ctx: Any, many: bool
-    ) -> None:
-        entry = conn.info.pop(_QUERY_KEY, None)
-        if entry is None:
-            return
-        started, span, operation, table = entry
-        elapsed_ms = (time.perf_counter() - started) * 1000
-        DB_QUERY_DURATION.labels(operation, table).observe(elapsed_ms / 1000)
-        end_sql_span(span)
-        if elapsed_ms < slow_query_ms:
-            return
-        DB_SLOW_QUERIES.labels(operation).inc()
-        explainable = operation in _EXPLAINABLE and not many
-        if getattr(ctx, "is_server_side", False):
-            explainable = False
-        plan = _explain(conn, statement, parameters) if explainable else "(not explainable)"
-        log.warning(
-            "slow query: %s on %s took %.1f ms (DB_SLOW_QUERY_MS=%s)",
-            operation,
-            table,
-            elapsed_ms,
-            slow_query_ms,
-            extra={"duration_ms": round(elapsed_ms, 1), "statement": statement, "plan": plan},
-        )
-
-    @event.listens_for(sync, "handle_error")
-    def _error(context: ExceptionContext) -> None:
-        conn = context.connection
-        entry = conn.info.pop(_QUERY_KEY, None) if conn is not None else None
-        if entry is None:
-            return
-        _, span, operation, _ = entry
-        orig = context.original_exception
-        # The driver's own class (UniqueViolationError, QueryCanceledError) says the most.
-        cause = orig.__cause__ if orig.__cause__ is not None else orig
-        DB_QUERY_ERRORS.labels(operation, type(cause).__name__).inc()
-        end_sql_span(span, cause)
+def positional(statement: str, params: Mapping[str, Any]) -> tuple[Any, ...]:
+    """A statement with :name binds (as sessions take it) as Database.fetch's arguments:
+    the statement with $1, $2, ... (a name used twice keeps its number), then the values.
+    The statement must not hold ':word' inside a string literal."""
+    numbered, names = _numbered(statement)
+    return (numbered, *(params[name] for name in names))
 
 
 def translate_db_error(exc: BaseException) -> BaseException:
@@ -286,6 +214,65 @@ class Database:
                 return await work(session)
 
         return await _retry_connect(attempt)
+
+    async def fetch(
+        self, statement: str, *args: Any, time_left: float | None = None
+    ) -> list[asyncpg.Record]:
+        """The rows of one read-only statement ($1-style parameters), outside any transaction.
+
+        The hottest reads come here rather than through a session: one round trip instead of
+        BEGIN, statement and COMMIT, and no ORM result processing, about 1 ms less per call.
+        The connection comes from the same pool. The deadline is asyncpg's timeout, which also
+        cancels the statement on the server; DB_STATEMENT_TIMEOUT_MS still bounds it there.
+        """
+        if time_left is not None and time_left <= 0:
+            raise DeadlineExceeded("the deadline expired before the database was reached")
+
+        async def attempt() -> list[asyncpg.Record]:
+            try:
+                fairy = await greenlet_spawn(self.engine.sync_engine.raw_connection)
+            except (DBAPIError, PoolTimeoutError, OSError) as exc:
+                DB_QUERY_ERRORS.labels("connect", type(exc).__name__).inc()
+                raise translate_db_error(exc) from exc
+            return await self._fetch_on(fairy, statement, args, time_left)
+
+        return await _retry_connect(attempt)
+
+    async def _fetch_on(
+        self, fairy: Any, statement: str, args: tuple[Any, ...], time_left: float | None
+    ) -> list[asyncpg.Record]:
+        raw: asyncpg.Connection = fairy.driver_connection
+        query = Query(statement)
+        try:
+            rows: list[asyncpg.Record] = await raw.fetch(statement, *args, timeout=time_left)
+        except BaseException as exc:
+            query.failed(exc)
+            if not isinstance(exc, asyncpg.PostgresError):
+                # Timed out, cancelled or cut off mid-statement: the connection's state is
+                # unknown, so it is closed at once rather than handed to the next caller.
+                fairy.invalidate()
+            else:
+                await greenlet_spawn(fairy.close)
+            if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+                raise DeadlineExceeded(
+                    "the database statement ran past the deadline and was cancelled"
+                ) from exc
+            raise translate_db_error(exc) from exc
+        elapsed_ms = query.finished()
+        try:
+            slow_ms = self.settings.db_slow_query_ms
+            if elapsed_ms >= slow_ms:
+                plan = "(not explainable)"
+                if query.operation in EXPLAINABLE:
+                    try:
+                        explained = await raw.fetch("EXPLAIN " + statement, *args)
+                        plan = "\n".join(str(row[0]) for row in explained)
+                    except Exception as exc:
+                        plan = f"(no plan: {exc})"
+                query.log_slow(elapsed_ms, slow_ms, plan)
+        finally:
+            await greenlet_spawn(fairy.close)
+        return rows
 
     async def ping(self) -> None:
         async def select_one(session: AsyncSession) -> None:

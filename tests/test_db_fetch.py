@@ -1,0 +1,81 @@
+"""Database.fetch, the one-round-trip read path: deadlines, errors and the pool it borrows from."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+from prometheus_client import REGISTRY
+
+from shared.db.engine import Database
+from shared.embedded.ports import free_port
+from shared.errors import DeadlineExceeded, Unavailable
+from shared.settings import ServiceSettings
+
+
+def _errors(operation: str, error_type: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "db_query_errors_total", {"operation": operation, "error_type": error_type}
+    )
+    return value or 0.0
+
+
+async def test_rows_come_back_with_parameters_and_the_pool_gets_its_connection_back(
+    db: Database,
+) -> None:
+    before = db.pool_status()["checked_out"]
+    rows = await db.fetch("SELECT $1::int + 1 AS n, $2::text AS s", 41, "x")
+    assert [(row["n"], row["s"]) for row in rows] == [(42, "x")]
+    assert db.pool_status()["checked_out"] == before
+
+
+async def test_a_statement_past_the_deadline_is_cancelled_on_the_server(
+    db: Database, settings: ServiceSettings
+) -> None:
+    before = _errors("select", "TimeoutError")
+    with pytest.raises(DeadlineExceeded, match="deadline"):
+        await db.fetch("SELECT pg_sleep(5)", time_left=0.2)
+    assert _errors("select", "TimeoutError") == before + 1
+    # Nothing of the cancelled statement is left running on the server.
+    for _ in range(100):
+        rows = await db.fetch(
+            "SELECT count(*) AS n FROM pg_stat_activity"
+            " WHERE query = 'SELECT pg_sleep(5)' AND state = 'active'"
+        )
+        if rows[0]["n"] == 0:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        pytest.fail("the cancelled statement was still running")
+    # The pool is whole: as many calls as it has connections, at once, all succeed.
+    results = await asyncio.gather(
+        *(db.fetch("SELECT 1 AS one") for _ in range(settings.db_pool_size))
+    )
+    assert all(rows[0]["one"] == 1 for rows in results)
+
+
+async def test_an_expired_deadline_never_reaches_the_database(db: Database) -> None:
+    with pytest.raises(DeadlineExceeded, match="before the database was reached"):
+        await db.fetch("SELECT 1", time_left=0)
+
+
+async def test_a_statement_error_is_the_driver_error_and_the_connection_stays_usable(
+    db: Database,
+) -> None:
+    with pytest.raises(asyncpg.UndefinedTableError):
+        await db.fetch("SELECT * FROM no_such_table")
+    assert (await db.fetch("SELECT 2 AS two"))[0]["two"] == 2
+
+
+async def test_an_unreachable_database_is_unavailable() -> None:
+    settings = ServiceSettings(
+        POSTGRES_DATABASE_URL=f"postgresql+asyncpg://nobody@127.0.0.1:{free_port()}/none",
+        db_connect_timeout_seconds=1,
+    )
+    database = Database.connect(settings, application_name="tests-unreachable")
+    try:
+        with pytest.raises(Unavailable, match="unreachable"):
+            await database.fetch("SELECT 1")
+    finally:
+        await database.dispose()
