@@ -125,10 +125,15 @@ def configure_sessions(engine: AsyncEngine, index: IndexSettings) -> None:
     that tunes it SETs it LOCAL to its own transaction. The values come from
     validated settings (an int and a literal), so formatting them in is safe.
     """
+    # The generic plan of a search is the custom one (an index scan ordered by distance under a
+    # LIMIT), and reusing it saves about 0.5 ms of planning per request, as long as the search
+    # itself; the planner's "auto" mode keeps re-planning, since a LIMIT it cannot see makes the
+    # generic plan look dearer.
     defaults = (
         f"SELECT set_config('hnsw.ef_search', '{int(index.ef_search)}', false),"
         f" set_config('hnsw.iterative_scan', '{index.iterative_scan}', false),"
-        f" set_config('hnsw.max_scan_tuples', '{int(index.max_scan_tuples)}', false)"
+        f" set_config('hnsw.max_scan_tuples', '{int(index.max_scan_tuples)}', false),"
+        " set_config('plan_cache_mode', 'force_generic_plan', false)"
     )
 
     @event.listens_for(engine.sync_engine, "connect")
