@@ -37,6 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--calls", type=int, default=500, help="timed calls per read figure")
     parser.add_argument("--record-seconds", type=float, default=15.0)
     parser.add_argument("--concurrency", type=int, default=64, help="RecordGeneration in flight")
+    parser.add_argument("--batch", type=int, default=500, help="records per BatchRecordGenerations")
     return parser.parse_args(argv)
 
 
@@ -81,6 +82,14 @@ def run_size(rows: int, args: argparse.Namespace, postgres: EmbeddedPostgres) ->
         print(
             f"  RecordGeneration, {args.concurrency} in flight: {done / elapsed:,.0f} records/s"
             f" ({done:,} in {elapsed:.1f} s, {failed} failed)",
+            flush=True,
+        )
+        done, elapsed, failed = asyncio.run(
+            record_rate(service.target, names, args.record_seconds, 2, batch=args.batch)
+        )
+        print(
+            f"  BatchRecordGenerations, {args.batch} per call, 2 in flight:"
+            f" {done / elapsed:,.0f} records/s ({done:,} in {elapsed:.1f} s, {failed} failed)",
             flush=True,
         )
     finally:

@@ -76,10 +76,23 @@ def history_call(
     return call
 
 
+def _record(rng: random.Random, names: list[str]) -> pb.RecordGenerationRequest:
+    return pb.RecordGenerationRequest(
+        artist_name=rng.choice(names),
+        provider_used=rng.choice(["anthropic", "google", "openai", "template"]),
+        generation_time_ms=rng.randrange(200, 9000),
+        tokens_used=rng.randrange(0, 4000),
+        cost_usd=rng.uniform(0, 0.05),
+        user_params=pb.UserParams(bars=8, tempo=120, time_signature="4/4", variations=2),
+        output_files=["out/pattern.mid"],
+    )
+
+
 async def record_rate(
-    target: str, names: list[str], seconds: float, concurrency: int
+    target: str, names: list[str], seconds: float, concurrency: int, *, batch: int = 0
 ) -> tuple[int, float, int]:
-    """(records, elapsed seconds, failures) with `concurrency` calls always in flight."""
+    """(records, elapsed seconds, failures) with `concurrency` calls always in flight:
+    RecordGeneration calls, or BatchRecordGenerations calls of `batch` records."""
     rng = random.Random(3)
     done = failed = 0
     stop_at = time.perf_counter() + seconds
@@ -87,20 +100,18 @@ async def record_rate(
     async def worker(stub: pb_grpc.AnalyticsServiceAsyncStub) -> None:
         nonlocal done, failed
         while time.perf_counter() < stop_at:
-            request = pb.RecordGenerationRequest(
-                artist_name=rng.choice(names),
-                provider_used=rng.choice(["anthropic", "google", "openai", "template"]),
-                generation_time_ms=rng.randrange(200, 9000),
-                tokens_used=rng.randrange(0, 4000),
-                cost_usd=rng.uniform(0, 0.05),
-                user_params=pb.UserParams(bars=8, tempo=120, time_signature="4/4", variations=2),
-                output_files=["out/pattern.mid"],
-            )
             try:
-                await stub.RecordGeneration(request, timeout=30)
-                done += 1
+                if batch:
+                    request = pb.BatchRecordGenerationsRequest(
+                        generations=[_record(rng, names) for _ in range(batch)]
+                    )
+                    await stub.BatchRecordGenerations(request, timeout=30)
+                    done += batch
+                else:
+                    await stub.RecordGeneration(_record(rng, names), timeout=30)
+                    done += 1
             except grpc.aio.AioRpcError:
-                failed += 1
+                failed += batch or 1
 
     async with grpc.aio.insecure_channel(target) as channel:
         stub: pb_grpc.AnalyticsServiceAsyncStub = pb_grpc.AnalyticsServiceStub(channel)

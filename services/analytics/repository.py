@@ -18,6 +18,11 @@ class AnalyticsRepository:
     async def record(self, generation: NewGeneration, *, time_left: float | None) -> Recorded:
         return await self._recorder.record(generation, time_left=time_left)
 
+    async def record_many(
+        self, generations: list[NewGeneration], *, time_left: float | None
+    ) -> list[Recorded]:
+        return await self._recorder.record_many(generations, time_left=time_left)
+
     async def stats(self, window: Window, *, time_left: float | None) -> Stats:
         return await self._reads.run(lambda s: read_stats(s, window), time_left=time_left)
 

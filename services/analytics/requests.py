@@ -22,6 +22,7 @@ MAX_OUTPUT_FILES = 64
 MAX_PATH_LENGTH = 1024
 HISTORY_LIMIT_DEFAULT = 10
 HISTORY_LIMIT_MAX = 100
+BATCH_MAX = 1000
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,24 @@ def new_generation(request: pb.RecordGenerationRequest) -> NewGeneration:
         user_params_json=json.dumps(params),
         output_files_json=json.dumps(list(request.output_files)),
     )
+
+
+def new_generations(request: pb.BatchRecordGenerationsRequest) -> list[NewGeneration]:
+    """Every item checked before anything is written; violations name generations[i]."""
+    if not 1 <= len(request.generations) <= BATCH_MAX:
+        raise InvalidArgument("generations", f"must hold 1 to {BATCH_MAX} items")
+    problems: list[FieldViolation] = []
+    checked: list[NewGeneration] = []
+    for i, item in enumerate(request.generations):
+        try:
+            checked.append(new_generation(item))
+        except InvalidArgument as exc:
+            problems.extend(
+                FieldViolation(f"generations[{i}].{v.field}", v.description) for v in exc.violations
+            )
+    if problems:
+        raise InvalidArgument.many(problems)
+    return checked
 
 
 def _instant(value: Timestamp, field: str) -> datetime:

@@ -69,6 +69,15 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         recorded = await self._repository.record(generation, time_left=context.time_remaining())
         return pb.RecordGenerationResponse(generation=_recorded(recorded))
 
+    async def BatchRecordGenerations(
+        self, request: pb.BatchRecordGenerationsRequest, context: Context
+    ) -> pb.BatchRecordGenerationsResponse:
+        generations = requests.new_generations(request)
+        recorded = await self._repository.record_many(
+            generations, time_left=context.time_remaining()
+        )
+        return pb.BatchRecordGenerationsResponse(generations=[_recorded(r) for r in recorded])
+
     async def GetStats(self, request: pb.GetStatsRequest, context: Context) -> pb.GetStatsResponse:
         stats = await self._repository.stats(
             requests.window(request), time_left=context.time_remaining()

@@ -169,6 +169,50 @@ class RecordGenerationResponse(_message.Message):
 Global___RecordGenerationResponse: _TypeAlias = RecordGenerationResponse  # noqa: Y015
 
 @_typing.final
+class BatchRecordGenerationsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GENERATIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def generations(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecordGenerationRequest]:
+        """1..1,000 items, each with RecordGeneration's rules."""
+
+    def __init__(
+        self,
+        *,
+        generations: _abc.Iterable[Global___RecordGenerationRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["generations", b"generations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchRecordGenerationsRequest: _TypeAlias = BatchRecordGenerationsRequest  # noqa: Y015
+
+@_typing.final
+class BatchRecordGenerationsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GENERATIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def generations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Generation]:
+        """The recorded generations, in request order."""
+
+    def __init__(
+        self,
+        *,
+        generations: _abc.Iterable[Global___Generation] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["generations", b"generations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchRecordGenerationsResponse: _TypeAlias = BatchRecordGenerationsResponse  # noqa: Y015
+
+@_typing.final
 class GetStatsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -40,6 +40,11 @@ class AnalyticsServiceStub:
                 request_serializer=stylebase_dot_analytics_dot_v1_dot_analytics__service__pb2.RecordGenerationRequest.SerializeToString,
                 response_deserializer=stylebase_dot_analytics_dot_v1_dot_analytics__service__pb2.RecordGenerationResponse.FromString,
                 _registered_method=True)
+        self.BatchRecordGenerations = channel.unary_unary(
+                '/stylebase.analytics.v1.AnalyticsService/BatchRecordGenerations',
+                request_serializer=stylebase_dot_analytics_dot_v1_dot_analytics__service__pb2.BatchRecordGenerationsRequest.SerializeToString,
+                response_deserializer=stylebase_dot_analytics_dot_v1_dot_analytics__service__pb2.BatchRecordGenerationsResponse.FromString,
+                _registered_method=True)
         self.GetStats = channel.unary_unary(
                 '/stylebase.analytics.v1.AnalyticsService/GetStats',
                 request_serializer=stylebase_dot_analytics_dot_v1_dot_analytics__service__pb2.GetStatsRequest.SerializeToString,
@@ -58,6 +63,16 @@ class AnalyticsServiceServicer:
 
     def RecordGeneration(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchRecordGenerations(self, request, context):
+        """Up to 1,000 generations in one call and one transaction, for a generator
+        that logs in bulk. Validated as a whole first: one bad item is
+        INVALID_ARGUMENT naming its index and field, an unknown artist is
+        NOT_FOUND naming its index, and then nothing is written.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -84,6 +99,11 @@ def add_AnalyticsServiceServicer_to_server(servicer, server):
                     servicer.RecordGeneration,
                     request_deserializer=stylebase_dot_analytics_dot_v1_dot_analytics__service__pb2.RecordGenerationRequest.FromString,
                     response_serializer=stylebase_dot_analytics_dot_v1_dot_analytics__service__pb2.RecordGenerationResponse.SerializeToString,
+            ),
+            'BatchRecordGenerations': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchRecordGenerations,
+                    request_deserializer=stylebase_dot_analytics_dot_v1_dot_analytics__service__pb2.BatchRecordGenerationsRequest.FromString,
+                    response_serializer=stylebase_dot_analytics_dot_v1_dot_analytics__service__pb2.BatchRecordGenerationsResponse.SerializeToString,
             ),
             'GetStats': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStats,
@@ -124,6 +144,33 @@ class AnalyticsService:
             '/stylebase.analytics.v1.AnalyticsService/RecordGeneration',
             stylebase_dot_analytics_dot_v1_dot_analytics__service__pb2.RecordGenerationRequest.SerializeToString,
             stylebase_dot_analytics_dot_v1_dot_analytics__service__pb2.RecordGenerationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchRecordGenerations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stylebase.analytics.v1.AnalyticsService/BatchRecordGenerations',
+            stylebase_dot_analytics_dot_v1_dot_analytics__service__pb2.BatchRecordGenerationsRequest.SerializeToString,
+            stylebase_dot_analytics_dot_v1_dot_analytics__service__pb2.BatchRecordGenerationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -34,6 +34,12 @@ class AnalyticsServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AnalyticsServiceAsyncStub: ...
     RecordGeneration: _grpc.UnaryUnaryMultiCallable[_analytics_service_pb2.RecordGenerationRequest, _analytics_service_pb2.RecordGenerationResponse]
+    BatchRecordGenerations: _grpc.UnaryUnaryMultiCallable[_analytics_service_pb2.BatchRecordGenerationsRequest, _analytics_service_pb2.BatchRecordGenerationsResponse]
+    """Up to 1,000 generations in one call and one transaction, for a generator
+    that logs in bulk. Validated as a whole first: one bad item is
+    INVALID_ARGUMENT naming its index and field, an unknown artist is
+    NOT_FOUND naming its index, and then nothing is written.
+    """
     GetStats: _grpc.UnaryUnaryMultiCallable[_analytics_service_pb2.GetStatsRequest, _analytics_service_pb2.GetStatsResponse]
     """Aggregates over the whole history or a window, from rollups kept with
     each insert: it costs the same at ten rows and ten million.
@@ -47,6 +53,12 @@ class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     RecordGeneration: _aio.UnaryUnaryMultiCallable[_analytics_service_pb2.RecordGenerationRequest, _analytics_service_pb2.RecordGenerationResponse]  # type: ignore[assignment]
+    BatchRecordGenerations: _aio.UnaryUnaryMultiCallable[_analytics_service_pb2.BatchRecordGenerationsRequest, _analytics_service_pb2.BatchRecordGenerationsResponse]  # type: ignore[assignment]
+    """Up to 1,000 generations in one call and one transaction, for a generator
+    that logs in bulk. Validated as a whole first: one bad item is
+    INVALID_ARGUMENT naming its index and field, an unknown artist is
+    NOT_FOUND naming its index, and then nothing is written.
+    """
     GetStats: _aio.UnaryUnaryMultiCallable[_analytics_service_pb2.GetStatsRequest, _analytics_service_pb2.GetStatsResponse]  # type: ignore[assignment]
     """Aggregates over the whole history or a window, from rollups kept with
     each insert: it costs the same at ten rows and ten million.
@@ -63,6 +75,18 @@ class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _analytics_service_pb2.RecordGenerationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_analytics_service_pb2.RecordGenerationResponse, _abc.Awaitable[_analytics_service_pb2.RecordGenerationResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def BatchRecordGenerations(
+        self,
+        request: _analytics_service_pb2.BatchRecordGenerationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_analytics_service_pb2.BatchRecordGenerationsResponse, _abc.Awaitable[_analytics_service_pb2.BatchRecordGenerationsResponse]]:
+        """Up to 1,000 generations in one call and one transaction, for a generator
+        that logs in bulk. Validated as a whole first: one bad item is
+        INVALID_ARGUMENT naming its index and field, an unknown artist is
+        NOT_FOUND naming its index, and then nothing is written.
+        """
 
     @_abc_1.abstractmethod
     def GetStats(
