@@ -15,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from shared.grpc.base import Registrar, UnaryServerInterceptor
 from shared.grpc.interceptors import ErrorInterceptor
 from shared.metrics import MetricsServer, tracked_pools
 from shared.telemetry import TelemetryInterceptor
@@ -41,14 +42,15 @@ class ServiceDefinition:
     name: str
     # Fully qualified gRPC service names, for health and reflection.
     full_names: Sequence[str]
-    register: Callable[[grpc.aio.Server], None]
+    # Called with a Registrar, which the generated add_*_to_server functions take as a server.
+    register: Callable[[Any], None]
     # Raises while a dependency the service cannot work without is down.
     readiness: Callable[[], Awaitable[None]] | None = None
     # Run after the server has drained: close pools and clients.
     cleanups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     # Started with the server, cancelled on shutdown (canaries, subscribers).
     background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
-    interceptors: list[Any] = field(default_factory=list)
+    interceptors: list[UnaryServerInterceptor] = field(default_factory=list)
     # Filled in by create_server, so a service can publish extra health names.
     health: HealthServicer | None = None
 
@@ -93,12 +95,13 @@ def create_server(address: str, definition: ServiceDefinition) -> tuple[grpc.aio
     """Build (not start) the server and bind it; port 0 picks a free port."""
     # Telemetry is outermost, so it records the status the client really gets.
     interceptors = [TelemetryInterceptor(), *definition.interceptors, ErrorInterceptor()]
-    server = grpc.aio.server(interceptors=interceptors)
-    definition.register(server)
-    admin_grpc.add_AdminServiceServicer_to_server(AdminServicer(), server)
+    server = grpc.aio.server()
+    registrar = Registrar(server, interceptors)
+    definition.register(registrar)
+    admin_grpc.add_AdminServiceServicer_to_server(AdminServicer(), registrar)  # type: ignore[arg-type]
     health = HealthServicer()
     definition.health = health
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health, registrar)
     reflection.enable_server_reflection(
         [
             *definition.full_names,
