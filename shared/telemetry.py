@@ -199,7 +199,10 @@ class TracingClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: i
 
 
 def start_sql_span(operation: str, table: str, statement: str) -> trace.Span:
-    """A CLIENT span for one statement, child of whatever span is current (the RPC's)."""
+    """A CLIENT span for one statement, child of whatever span is current (the RPC's); the
+    invalid span at once when nothing would record it."""
+    if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        return trace.INVALID_SPAN
     return tracer.start_span(
         f"{operation.upper()} {table}",
         kind=SpanKind.CLIENT,
@@ -213,6 +216,8 @@ def start_sql_span(operation: str, table: str, statement: str) -> trace.Span:
 
 
 def end_sql_span(span: trace.Span, error: BaseException | None = None) -> None:
+    if span is trace.INVALID_SPAN:
+        return
     if error is not None:
         span.set_status(Status(StatusCode.ERROR, type(error).__name__))
     span.end()

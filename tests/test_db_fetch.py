@@ -21,6 +21,16 @@ def _errors(operation: str, error_type: str) -> float:
     return value or 0.0
 
 
+def _connect_errors() -> float:
+    return sum(
+        sample.value
+        for metric in REGISTRY.collect()
+        if metric.name == "db_query_errors"
+        for sample in metric.samples
+        if sample.name.endswith("_total") and sample.labels.get("operation") == "connect"
+    )
+
+
 async def test_rows_come_back_with_parameters_and_the_pool_gets_its_connection_back(
     db: Database,
 ) -> None:
@@ -74,8 +84,11 @@ async def test_an_unreachable_database_is_unavailable() -> None:
         db_connect_timeout_seconds=1,
     )
     database = Database.connect(settings, application_name="tests-unreachable")
+    before = _connect_errors()
     try:
         with pytest.raises(Unavailable, match="unreachable"):
             await database.fetch("SELECT 1")
+        # Nothing was sent, so the connection was tried three times in all.
+        assert _connect_errors() == before + 3
     finally:
         await database.dispose()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import random
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 _LOCAL_TIMEOUT = text("SELECT set_config('statement_timeout', :ms, true)")
 T = TypeVar("T")
 __all__ = ["Database", "classify_statement", "create_engine", "positional", "translate_db_error"]
+_FIRST_RETRY_WAIT = 0.05
 _BIND_RE = re.compile(r"(?<![:\w]):(\w+)")
 
 # SQLSTATEs: statement canceled by timeout, and the ones that ask for a retry of the transaction.
@@ -294,8 +296,15 @@ class Database:
 
 
 async def _retry_connect(attempt: Callable[[], Awaitable[T]]) -> T:
+    # The first attempt runs bare: the retry loop costs ~30 us a call, and it is rarely needed.
+    try:
+        return await attempt()
+    except Unavailable as exc:
+        if not _is_retryable(exc):
+            raise
+    await asyncio.sleep(_FIRST_RETRY_WAIT * random.random())
     async for state in AsyncRetrying(
-        stop=stop_after_attempt(3),
+        stop=stop_after_attempt(2),
         wait=wait_exponential_jitter(multiplier=0.05, max=0.5),
         retry=retry_if_exception(_is_retryable),
         reraise=True,

@@ -6,6 +6,7 @@ single-statement reads of Database.fetch, which call the driver directly; both r
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -33,6 +34,7 @@ _TABLE_RE = re.compile(r'\b(?:FROM|INTO|UPDATE|JOIN)\s+"?(\w+)"?', re.IGNORECASE
 _QUERY_KEY = "stylebase_query"
 
 
+@functools.lru_cache(maxsize=1024)
 def classify_statement(statement: str) -> tuple[str, str]:
     """(operation, table) labels of a SQL statement."""
     verb = _VERB_RE.match(statement)
@@ -43,6 +45,12 @@ def classify_statement(statement: str) -> tuple[str, str]:
         operation if operation in _VERBS else "other",
         name if name in _TABLES or name == "none" else "other",
     )
+
+
+@functools.lru_cache(maxsize=256)
+def _duration(operation: str, table: str) -> Any:
+    """The histogram's child for these labels, looked up once (labels() takes a lock)."""
+    return DB_QUERY_DURATION.labels(operation, table)
 
 
 class Query:
@@ -59,7 +67,7 @@ class Query:
     def finished(self) -> float:
         """Record the duration and return it in milliseconds."""
         elapsed = time.perf_counter() - self.started
-        DB_QUERY_DURATION.labels(self.operation, self.table).observe(elapsed)
+        _duration(self.operation, self.table).observe(elapsed)
         end_sql_span(self.span)
         return elapsed * 1000
 
