@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import os
 import sys
-import uuid
 from datetime import UTC, datetime
 
 from opentelemetry import trace
@@ -17,7 +17,8 @@ _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    """32 random hex digits, as a uuid4's hex, for a fraction of its cost."""
+    return os.urandom(16).hex()
 
 
 class JsonFormatter(logging.Formatter):

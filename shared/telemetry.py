@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 # A proxy: it follows whichever provider configure_tracing sets, and is a no-op without one
 # (context still propagates, so a traced caller's trace id reaches the logs).
 tracer = trace.get_tracer("stylebase")
+# Whether configure_tracing installed a provider: without one no span records anything, so
+# the hot paths skip building them (the SDK's own check reads os.environ on every call).
+_tracing = False
 
 
 class JsonLinesSpanExporter(SpanExporter):
@@ -90,6 +93,8 @@ def configure_tracing(service: str, settings: ObservabilitySettings) -> TracerPr
             exporter = JsonLinesSpanExporter(settings.stylebase_traces_file)
             provider.add_span_processor(SimpleSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
+    global _tracing
+    _tracing = True
     log.info("tracing to %s", ", ".join(exporters))
     return provider
 
@@ -165,7 +170,7 @@ class TelemetryInterceptor(UnaryServerInterceptor):
 
 
 def _untraced(metadata: Any) -> bool:
-    if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+    if _tracing:
         return False
     return not any(key == "traceparent" for key, _ in metadata)
 
@@ -201,7 +206,7 @@ class TracingClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: i
 def start_sql_span(operation: str, table: str, statement: str) -> trace.Span:
     """A CLIENT span for one statement, child of whatever span is current (the RPC's); the
     invalid span at once when nothing would record it."""
-    if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+    if not _tracing:
         return trace.INVALID_SPAN
     return tracer.start_span(
         f"{operation.upper()} {table}",

@@ -16,13 +16,15 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
+import asyncpg
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.analytics.requests import NewGeneration
-from shared.db.engine import Database
+from shared.db.engine import Database, positional
 from shared.errors import (
     ArtistNotFound,
     DeadlineExceeded,
@@ -37,9 +39,9 @@ log = logging.getLogger(__name__)
 _FOREIGN_KEY_VIOLATION = "23503"
 
 # Artists are matched by name in the statement; a record naming an unknown artist is
-# simply not inserted and its caller gets NOT_FOUND.
-INSERT_BATCH = text(
-    """
+# simply not inserted and its caller gets NOT_FOUND. Group commit runs it alone, through
+# Database.fetch: one statement is its own transaction, one round trip.
+INSERT_BATCH = """
     INSERT INTO generation_history (id, artist_id, provider_used, generation_time_ms,
                                     tokens_used, cost_usd, user_params, output_files)
     SELECT v.id, a.id, v.provider, v.time_ms, v.tokens, v.cost, v.params::jsonb, v.files::jsonb
@@ -51,8 +53,7 @@ INSERT_BATCH = text(
     LEFT JOIN artists a ON a.name = v.artist_name
     WHERE v.artist_name IS NULL OR a.id IS NOT NULL
     RETURNING id, artist_id, created_at
-    """
-)
+"""
 
 
 def uuid7() -> uuid.UUID:
@@ -182,14 +183,12 @@ class Recorder:
         if not live:
             return
         lefts = [t for t in (item.time_left(now) for item in live) if t is not None]
+        params = _insert_params([item.id for item in live], [item.generation for item in live])
         try:
-            rows = await self._db.run(
-                lambda session: self._insert(
-                    session, [item.id for item in live], [item.generation for item in live]
-                ),
-                time_left=min(lefts, default=None),
+            result = await self._db.fetch(
+                *positional(INSERT_BATCH, params), time_left=min(lefts, default=None)
             )
-        except (StylebaseError, DBAPIError) as exc:
+        except (StylebaseError, DBAPIError, asyncpg.PostgresError) as exc:
             if len(live) > 1 and not isinstance(exc, Unavailable | DeadlineExceeded):
                 # One record's problem (an artist deleted meanwhile) must not fail the others.
                 log.warning(
@@ -203,6 +202,7 @@ class Recorder:
                 if not item.future.done():
                     item.future.set_exception(error)
             return
+        rows = {row["id"]: (row["artist_id"], row["created_at"]) for row in result}
         GENERATION_HISTORY_SAVES.inc(len(rows))
         for item in live:
             if item.future.done():
@@ -223,17 +223,20 @@ class Recorder:
     async def _insert(
         session: AsyncSession, ids: Sequence[uuid.UUID], generations: Sequence[NewGeneration]
     ) -> dict[uuid.UUID, tuple[uuid.UUID | None, datetime]]:
-        result = await session.execute(
-            INSERT_BATCH,
-            {
-                "ids": list(ids),
-                "names": [g.artist_name for g in generations],
-                "providers": [g.provider for g in generations],
-                "times": [g.generation_time_ms for g in generations],
-                "tokens": [g.tokens_used for g in generations],
-                "costs": [g.cost_usd for g in generations],
-                "params": [g.user_params_json for g in generations],
-                "files": [g.output_files_json for g in generations],
-            },
-        )
+        result = await session.execute(text(INSERT_BATCH), _insert_params(ids, generations))
         return {row.id: (row.artist_id, row.created_at) for row in result}
+
+
+def _insert_params(
+    ids: Sequence[uuid.UUID], generations: Sequence[NewGeneration]
+) -> dict[str, list[Any]]:
+    return {
+        "ids": list(ids),
+        "names": [g.artist_name for g in generations],
+        "providers": [g.provider for g in generations],
+        "times": [g.generation_time_ms for g in generations],
+        "tokens": [g.tokens_used for g in generations],
+        "costs": [g.cost_usd for g in generations],
+        "params": [g.user_params_json for g in generations],
+        "files": [g.output_files_json for g in generations],
+    }

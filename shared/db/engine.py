@@ -220,12 +220,14 @@ class Database:
     async def fetch(
         self, statement: str, *args: Any, time_left: float | None = None
     ) -> list[asyncpg.Record]:
-        """The rows of one read-only statement ($1-style parameters), outside any transaction.
+        """The rows of one statement ($1-style parameters), run as its own transaction.
 
-        The hottest reads come here rather than through a session: one round trip instead of
+        The hottest calls come here rather than through a session: one round trip instead of
         BEGIN, statement and COMMIT, and no ORM result processing, about 1 ms less per call.
-        The connection comes from the same pool. The deadline is asyncpg's timeout, which also
-        cancels the statement on the server; DB_STATEMENT_TIMEOUT_MS still bounds it there.
+        A single statement is atomic, so a write that must be all-or-nothing fits too; work
+        of several statements belongs in run(). The connection comes from the same pool. The
+        deadline is asyncpg's timeout, which cancels the statement on the server (a cancelled
+        write is rolled back); DB_STATEMENT_TIMEOUT_MS still bounds it there.
         """
         if time_left is not None and time_left <= 0:
             raise DeadlineExceeded("the deadline expired before the database was reached")
