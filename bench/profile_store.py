@@ -19,23 +19,41 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import asyncpg
 import grpc
+import numpy as np
 
+from bench.similarity.data import clustered_unit_vectors
 from shared.db import migrate
 from shared.embedded.ports import free_port
 from shared.embedded.postgres import EmbeddedPostgres
-from shared.settings import to_asyncpg_url
+from shared.settings import to_asyncpg_url, to_libpq_url
 from stylebase.common.v1 import common_pb2
 from stylebase.profile_store.v1 import profile_store_service_pb2 as pb
 from stylebase.profile_store.v1 import profile_store_service_pb2_grpc as pb_grpc
 from tests.harness import ServiceProcess, service_env
 
 BATCH = 1000
+# The migrations' own index definitions (shared/migrations/versions/a86af6571aac_...).
+INDEX_DDL = {
+    "hnsw": "CREATE INDEX ON ceiling USING hnsw (embedding vector_cosine_ops)"
+    " WITH (m = 16, ef_construction = 64)",
+    "ivfflat": "CREATE INDEX ON ceiling USING ivfflat (embedding vector_cosine_ops)"
+    " WITH (lists = 100)",
+}
 
 
-def _profile(name: str, rng: random.Random) -> common_pb2.StyleProfile:
-    values = [rng.gauss(0, 1) for _ in range(384)]
-    norm = math.sqrt(sum(v * v for v in values))
+def _vectors(total: int, kind: str) -> np.ndarray:
+    """Unit embeddings: clustered like real sentence embeddings, or uniform on the sphere
+    (the worst case for an HNSW graph: no neighbourhoods to follow)."""
+    if kind == "clustered":
+        return clustered_unit_vectors(total, seed=7)
+    points = np.random.default_rng(7).normal(size=(total, 384)).astype(np.float32)
+    unit: np.ndarray = points / np.linalg.norm(points, axis=1, keepdims=True)
+    return unit
+
+
+def _profile(name: str, rng: random.Random, vector: np.ndarray) -> common_pb2.StyleProfile:
     tempo = rng.uniform(70, 170)
     return common_pb2.StyleProfile(
         artist_name=name,
@@ -51,7 +69,7 @@ def _profile(name: str, rng: random.Random) -> common_pb2.StyleProfile:
             velocity_std=rng.uniform(5, 20),
         ),
         midi_templates=[f"templates/bench/{name}.mid"],
-        embedding=[v / norm for v in values],
+        embedding=vector.tolist(),
         confidence_score=rng.random(),
         sources_count=common_pb2.SourceCounts(papers=1, articles=2, audio=3, midi=1),
     )
@@ -63,14 +81,21 @@ def _percentile(sorted_values: list[float], q: float) -> float:
 
 
 async def bulk_import(
-    stub: pb_grpc.ProfileStoreServiceAsyncStub, total: int, in_flight: int
+    stub: pb_grpc.ProfileStoreServiceAsyncStub,
+    vectors: np.ndarray,
+    in_flight: int,
+    *,
+    first: int = 0,
 ) -> tuple[float, float]:
-    """(profiles per second, median seconds per 1,000-profile batch)."""
+    """(profiles per second, median seconds per 1,000-profile batch); artists are numbered
+    from first, so another range imports new artists and the same range updates them."""
     rng = random.Random(7)
+    total = len(vectors)
     batches = [
         pb.BatchSaveStyleProfilesRequest(
             profiles=[
-                _profile(f"Bench Artist {i:06d}", rng) for i in range(s, min(s + BATCH, total))
+                _profile(f"Bench Artist {first + i:06d}", rng, vectors[i])
+                for i in range(s, min(s + BATCH, total))
             ]
         )
         for s in range(0, total, BATCH)
@@ -114,19 +139,43 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.2f} ms"
 
 
-async def run(target: str, profiles: int, requests: int) -> None:
+async def sql_ceiling(dsn: str, vectors: np.ndarray, index_ddl: str) -> float:
+    """Rows per second of PostgreSQL alone inserting the same vectors, 1,000 a statement,
+    into a bare table with the same index: the ceiling for any service in front of it."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("CREATE TABLE ceiling (id serial PRIMARY KEY, embedding vector(384))")
+        await conn.execute(index_ddl)
+        literals = ["[" + ",".join(map(str, row.tolist())) + "]" for row in vectors]
+        started = time.perf_counter()
+        for s in range(0, len(literals), BATCH):
+            await conn.execute(
+                "INSERT INTO ceiling (embedding) SELECT unnest($1::text[])::vector",
+                literals[s : s + BATCH],
+            )
+        elapsed = time.perf_counter() - started
+        await conn.execute("DROP TABLE ceiling")
+        return len(literals) / elapsed
+    finally:
+        await conn.close()
+
+
+async def run(target: str, vectors: np.ndarray, requests: int) -> None:
+    profiles = len(vectors)
     async with grpc.aio.insecure_channel(target) as channel:
         stub = pb_grpc.ProfileStoreServiceStub(channel)
-        rate, per_batch = await bulk_import(stub, profiles, in_flight=1)
-        print(
-            f"BatchSaveStyleProfiles bulk import, {profiles} profiles with embeddings in batches"
-            f" of {BATCH}, 1 in flight: {rate:,.0f} profiles/s (median batch {_ms(per_batch)})"
-        )
-        rate2, per_batch2 = await bulk_import(stub, profiles, in_flight=2)
-        print(
-            f"BatchSaveStyleProfiles re-import (updates), 2 in flight: {rate2:,.0f} profiles/s"
-            f" (median batch {_ms(per_batch2)})"
-        )
+        half = profiles // 2
+        for label, part, first, in_flight in (
+            ("import of new artists", vectors[:half], 0, 1),
+            ("import of new artists", vectors[half:], half, 2),
+            # Unchanged embeddings leave the index alone (heap-only tuple updates).
+            ("re-import of the same profiles (updates)", vectors[:half], 0, 2),
+        ):
+            rate, per_batch = await bulk_import(stub, part, in_flight, first=first)
+            print(
+                f"BatchSaveStyleProfiles {label}, {len(part)} profiles in batches of {BATCH},"
+                f" {in_flight} in flight: {rate:,.0f} profiles/s (median batch {_ms(per_batch)})"
+            )
         rng = random.Random(11)
 
         async def get(_: int) -> object:
@@ -150,6 +199,12 @@ def main() -> None:
     parser.add_argument("--profiles", type=int, default=10_000)
     parser.add_argument("--requests", type=int, default=3_000)
     parser.add_argument(
+        "--vectors",
+        choices=("clustered", "uniform"),
+        default="clustered",
+        help="embeddings as real ones are (clustered) or uniform on the sphere (worst case)",
+    )
+    parser.add_argument(
         "--vector-index",
         choices=("hnsw", "ivfflat"),
         default="hnsw",
@@ -171,12 +226,20 @@ def main() -> None:
                     "DB_STATEMENT_TIMEOUT_MS": "600000",
                 },
             )
+            vectors = _vectors(args.profiles, args.vectors)
+            ddl = INDEX_DDL[args.vector_index]
+            ceiling = asyncio.run(sql_ceiling(to_libpq_url(url), vectors, ddl))
+            print(
+                f"PostgreSQL alone, the same {args.profiles} {args.vectors} vectors into a bare"
+                f" table with the same {args.vector_index} index: {ceiling:,.0f} rows/s"
+            )
             store = ServiceProcess("profile_store", env).start()
             print(
                 f"profile_store at {store.target}; PostgreSQL durable=False;"
-                f" {args.vector_index} index on the embedding; gateway not running"
+                f" {args.vector_index} index on the embedding; {args.vectors} vectors;"
+                " gateway not running"
             )
-            asyncio.run(run(store.target, args.profiles, args.requests))
+            asyncio.run(run(store.target, vectors, args.requests))
         finally:
             if store is not None:
                 store.stop()
