@@ -7,6 +7,7 @@ import asyncio
 import asyncpg
 import pytest
 from prometheus_client import REGISTRY
+from sqlalchemy import text
 
 from shared.db.engine import Database
 from shared.embedded.ports import free_port
@@ -92,3 +93,27 @@ async def test_an_unreachable_database_is_unavailable() -> None:
         assert _connect_errors() == before + 3
     finally:
         await database.dispose()
+
+
+async def test_a_connection_the_server_closed_while_idle_is_replaced(db: Database) -> None:
+    """fetch keeps a few connections between calls; one whose backend is gone is not reused."""
+    pid = (await db.fetch("SELECT pg_backend_pid() AS pid"))[0]["pid"]
+    async with db.transaction() as session:
+        await session.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    for _ in range(100):  # the backend exits a moment after the signal
+        async with db.transaction() as session:
+            alive = await session.scalar(
+                text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}
+            )
+        if not alive:
+            break
+        await asyncio.sleep(0.02)
+    rows = await db.fetch("SELECT pg_backend_pid() AS pid")
+    assert rows[0]["pid"] != pid
+
+
+async def test_idle_connections_kept_by_fetch_count_as_idle(db: Database) -> None:
+    await asyncio.gather(*(db.fetch("SELECT pg_sleep(0.05)") for _ in range(3)))
+    status = db.pool_status()
+    assert status["checked_out"] == 0
+    assert status["idle"] >= 2

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.util import await_, greenlet_spawn
+from sqlalchemy.util import await_
 from tenacity import (
     AsyncRetrying,
     retry_if_exception,
@@ -30,6 +30,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from shared.db.lane import FetchLane
 from shared.db.observe import EXPLAINABLE, Query, classify_statement, observe_queries
 from shared.errors import Aborted, DeadlineExceeded, StylebaseError, Unavailable
 from shared.metrics import DB_QUERY_ERRORS, track_pool
@@ -167,6 +168,13 @@ class Database:
         observe_queries(engine, slow_query_ms=settings.db_slow_query_ms)
         if settings.db_pool_pre_ping:
             install_pre_ping(engine, idle_seconds=settings.db_pool_ping_idle_seconds)
+        self._lane = FetchLane(
+            engine,
+            capacity=max(1, settings.db_pool_size // 2),
+            ping_idle_seconds=(
+                settings.db_pool_ping_idle_seconds if settings.db_pool_pre_ping else None
+            ),
+        )
         track_pool(self)
 
     @classmethod
@@ -234,7 +242,7 @@ class Database:
 
         async def attempt() -> list[asyncpg.Record]:
             try:
-                fairy = await greenlet_spawn(self.engine.sync_engine.raw_connection)
+                fairy = await self._lane.borrow()
             except (DBAPIError, PoolTimeoutError, OSError) as exc:
                 DB_QUERY_ERRORS.labels("connect", type(exc).__name__).inc()
                 raise translate_db_error(exc) from exc
@@ -251,12 +259,10 @@ class Database:
             rows: list[asyncpg.Record] = await raw.fetch(statement, *args, timeout=time_left)
         except BaseException as exc:
             query.failed(exc)
-            if not isinstance(exc, asyncpg.PostgresError):
-                # Timed out, cancelled or cut off mid-statement: the connection's state is
-                # unknown, so it is closed at once rather than handed to the next caller.
-                fairy.invalidate()
+            if isinstance(exc, asyncpg.PostgresError):
+                await self._lane.give_back(fairy)
             else:
-                await greenlet_spawn(fairy.close)
+                self._lane.discard(fairy)
             if isinstance(exc, TimeoutError | asyncio.TimeoutError):
                 raise DeadlineExceeded(
                     "the database statement ran past the deadline and was cancelled"
@@ -275,7 +281,7 @@ class Database:
                         plan = f"(no plan: {exc})"
                 query.log_slow(elapsed_ms, slow_ms, plan)
         finally:
-            await greenlet_spawn(fairy.close)
+            await self._lane.give_back(fairy)
         return rows
 
     async def ping(self) -> None:
@@ -286,14 +292,16 @@ class Database:
 
     def pool_status(self) -> dict[str, Any]:
         pool: Any = self.engine.pool
+        lane = self._lane.idle  # checked out of the pool, but idle
         return {
             "size": pool.size(),
-            "checked_out": pool.checkedout(),
+            "checked_out": pool.checkedout() - lane,
             "overflow": pool.overflow(),
-            "idle": pool.checkedin(),
+            "idle": pool.checkedin() + lane,
         }
 
     async def dispose(self) -> None:
+        await self._lane.close()
         await self.engine.dispose()
 
 
