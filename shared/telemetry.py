@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -126,9 +127,18 @@ class TelemetryInterceptor(UnaryServerInterceptor):
         async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             started = time.perf_counter()
             metadata = context.invocation_metadata() or ()
-            if _untraced(metadata):
-                # No provider and no caller's trace: a span would record nothing and put
-                # nothing in the logs, so the call runs without one.
+            # No provider and no caller's trace: a span would record nothing and put nothing
+            # in the logs, so the call runs without one.
+            scope: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+            if not _untraced(metadata):
+                carrier = {key: value for key, value in metadata if isinstance(value, str)}
+                scope = tracer.start_as_current_span(
+                    f"{service}/{method}",
+                    context=propagate.extract(carrier),
+                    kind=SpanKind.SERVER,
+                    attributes=attributes,
+                )
+            with scope as span:
                 code = grpc.StatusCode.UNKNOWN
                 try:
                     response = await inner(request, context)
@@ -142,29 +152,10 @@ class TelemetryInterceptor(UnaryServerInterceptor):
                     raise
                 finally:
                     finish(code, started)
-            carrier = {key: value for key, value in metadata if isinstance(value, str)}
-            code = grpc.StatusCode.UNKNOWN
-            with tracer.start_as_current_span(
-                f"{service}/{method}",
-                context=propagate.extract(carrier),
-                kind=SpanKind.SERVER,
-                attributes=attributes,
-            ) as span:
-                try:
-                    response = await inner(request, context)
-                    code = _status_of(context, grpc.StatusCode.OK)
-                    return response
-                except grpc.aio.AbortError:
-                    code = _status_of(context, grpc.StatusCode.UNKNOWN)
-                    raise
-                except asyncio.CancelledError:
-                    code = grpc.StatusCode.CANCELLED
-                    raise
-                finally:
-                    finish(code, started)
-                    span.set_attribute("rpc.grpc.status_code", code.value[0])
-                    if code is not grpc.StatusCode.OK:
-                        span.set_status(Status(StatusCode.ERROR, code.name))
+                    if span is not None:
+                        span.set_attribute("rpc.grpc.status_code", code.value[0])
+                        if code is not grpc.StatusCode.OK:
+                            span.set_status(Status(StatusCode.ERROR, code.name))
 
         return wrapper
 
