@@ -117,3 +117,20 @@ async def test_idle_connections_kept_by_fetch_count_as_idle(db: Database) -> Non
     status = db.pool_status()
     assert status["checked_out"] == 0
     assert status["idle"] >= 2
+
+
+async def test_a_pool_of_one_is_never_held_by_fetch(database_url: str) -> None:
+    """With one connection and no overflow, a session right after a fetch must get it."""
+    settings = ServiceSettings(
+        POSTGRES_DATABASE_URL=database_url,
+        db_pool_size=1,
+        db_max_overflow=0,
+        db_pool_timeout_seconds=1,
+    )
+    database = Database.connect(settings, application_name="tests-pool-of-one")
+    try:
+        await database.fetch("SELECT 1")
+        async with database.transaction() as session:
+            assert await session.scalar(text("SELECT 2")) == 2
+    finally:
+        await database.dispose()

@@ -170,7 +170,8 @@ class Database:
             install_pre_ping(engine, idle_seconds=settings.db_pool_ping_idle_seconds)
         self._lane = FetchLane(
             engine,
-            capacity=max(1, settings.db_pool_size // 2),
+            # At most half the pool, so sessions always have the other half (none at size 1).
+            capacity=settings.db_pool_size // 2,
             ping_idle_seconds=(
                 settings.db_pool_ping_idle_seconds if settings.db_pool_pre_ping else None
             ),
