@@ -21,6 +21,7 @@ from pathlib import Path
 import grpc
 import redis.asyncio as redis
 
+from bench.figures import percentile
 from shared.db import migrate
 from shared.embedded.ports import free_port
 from shared.embedded.postgres import EmbeddedPostgres
@@ -83,10 +84,6 @@ async def serve_floor(port: int, response: bytes) -> None:
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     await server.wait_for_termination()
-
-
-def percentile(values: list[float], q: float) -> float:
-    return values[min(len(values) - 1, max(0, math.ceil(q * len(values)) - 1))]
 
 
 async def measure(

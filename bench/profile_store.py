@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import os
 import random
 import statistics
@@ -23,6 +22,7 @@ import asyncpg
 import grpc
 import numpy as np
 
+from bench.figures import percentile
 from bench.similarity.data import clustered_unit_vectors
 from shared.db import migrate
 from shared.embedded.ports import free_port
@@ -73,11 +73,6 @@ def _profile(name: str, rng: random.Random, vector: np.ndarray) -> common_pb2.St
         confidence_score=rng.random(),
         sources_count=common_pb2.SourceCounts(papers=1, articles=2, audio=3, midi=1),
     )
-
-
-def _percentile(sorted_values: list[float], q: float) -> float:
-    index = min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))
-    return sorted_values[index]
 
 
 async def bulk_import(
@@ -189,8 +184,8 @@ async def run(target: str, vectors: np.ndarray, requests: int) -> None:
             samples, throughput = await latency(get, requests, in_flight)
             print(
                 f"GetStyleProfile from PostgreSQL, {in_flight:>2} in flight, {requests} calls:"
-                f" p50 {_ms(_percentile(samples, 0.50))}, p95 {_ms(_percentile(samples, 0.95))},"
-                f" p99 {_ms(_percentile(samples, 0.99))}, {throughput:,.0f} calls/s"
+                f" p50 {_ms(percentile(samples, 0.50))}, p95 {_ms(percentile(samples, 0.95))},"
+                f" p99 {_ms(percentile(samples, 0.99))}, {throughput:,.0f} calls/s"
             )
 
 

@@ -74,9 +74,8 @@ def tracked_pools() -> list[Any]:
 
 
 def _pool_total(key: str) -> Callable[[], float]:
-    # SQLAlchemy counts overflow from -pool_size up; below zero means none is open.
     def total() -> float:
-        return float(sum(max(0, pool.pool_status()[key]) for pool in list(_POOLS)))
+        return float(sum(pool.pool_status()[key] for pool in list(_POOLS)))
 
     return total
 

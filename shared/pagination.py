@@ -9,12 +9,16 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import TypeVar
 
 from google.protobuf.message import DecodeError
 
 from shared.errors import InvalidArgument
 from stylebase.common.v1 import common_pb2
+
+T = TypeVar("T")
 
 
 def filter_hash(*parts: object) -> str:
@@ -42,3 +46,15 @@ def decode(token: str, *, filters: str, field: str = "page_token") -> common_pb2
     if cursor.filter_hash != filters or not cursor.after_id:
         raise InvalidArgument(field, "belongs to a different query; start again without it")
     return cursor
+
+
+def cut(
+    rows: Sequence[T], limit: int, *, filters: str, key: Callable[[T], tuple[object, datetime]]
+) -> tuple[list[T], str]:
+    """A page from rows fetched with LIMIT limit + 1: the first limit rows, and the token of
+    the next page (from key(last row) = (id, time)), or "" when this is the last one."""
+    page = list(rows[:limit])
+    if len(rows) <= limit:
+        return page, ""
+    after_id, after_time = key(page[-1])
+    return page, encode(after_id=str(after_id), after_time=after_time, filters=filters)

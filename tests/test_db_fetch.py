@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import asyncpg
 import pytest
@@ -134,3 +135,19 @@ async def test_a_pool_of_one_is_never_held_by_fetch(database_url: str) -> None:
             assert await session.scalar(text("SELECT 2")) == 2
     finally:
         await database.dispose()
+
+
+async def test_a_slow_fetch_is_logged_with_its_plan(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = ServiceSettings(POSTGRES_DATABASE_URL=database_url, db_slow_query_ms=0)
+    database = Database.connect(settings, application_name="tests-slow-fetch")
+    caplog.set_level(logging.WARNING, logger="shared.db.engine")
+    try:
+        rows = await database.fetch("SELECT count(*) AS n FROM artists WHERE name = $1", "x")
+        assert rows[0]["n"] == 0
+    finally:
+        await database.dispose()
+    slow = [r for r in caplog.records if r.getMessage().startswith("slow query")]
+    assert len(slow) == 1, [r.getMessage() for r in caplog.records]
+    assert "artists" in slow[0].plan  # type: ignore[attr-defined]

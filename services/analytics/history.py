@@ -83,6 +83,9 @@ async def artist_history(
     if not result:
         raise ArtistNotFound(name)
     found = [r for r in result if r["id"] is not None]
+    page, token = pagination.cut(
+        found, limit, filters=_filters(name), key=lambda r: (r["id"], r["created_at"])
+    )
     rows = [
         HistoryRow(
             id=r["id"],
@@ -95,12 +98,6 @@ async def artist_history(
             output_files=list(r["output_files"] or []),
             created_at=r["created_at"],
         )
-        for r in found[:limit]
+        for r in page
     ]
-    token = ""
-    if len(found) > limit:
-        last = rows[-1]
-        token = pagination.encode(
-            after_id=str(last.id), after_time=last.created_at, filters=_filters(name)
-        )
     return HistoryPage(name, rows, int(result[0]["total"]), token)

@@ -24,7 +24,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.analytics.requests import NewGeneration
-from shared.db.engine import Database, positional
+from shared.db.engine import Database, positional, sqlstate
 from shared.errors import (
     ArtistNotFound,
     DeadlineExceeded,
@@ -85,15 +85,6 @@ class _Pending:
         return None if self.deadline is None else self.deadline - now
 
 
-def _sqlstate(exc: BaseException) -> str | None:
-    for candidate in (exc, getattr(exc, "orig", None), getattr(exc, "__cause__", None)):
-        for link in (candidate, getattr(candidate, "__cause__", None)):
-            state = getattr(link, "sqlstate", None)
-            if isinstance(state, str):
-                return state
-    return None
-
-
 class Recorder:
     """Queue plus a few writer tasks, started on first use and stopped by close()."""
 
@@ -136,7 +127,7 @@ class Recorder:
         try:
             recorded = await self._db.run(work, time_left=time_left)
         except DBAPIError as exc:
-            if _sqlstate(exc) == _FOREIGN_KEY_VIOLATION:
+            if sqlstate(exc) == _FOREIGN_KEY_VIOLATION:
                 raise NotFound(
                     "an artist named in generations was deleted while the batch was written;"
                     " nothing was recorded",
@@ -215,7 +206,7 @@ class Recorder:
 
     @staticmethod
     def _error_for(item: _Pending, exc: BaseException) -> BaseException:
-        if _sqlstate(exc) == _FOREIGN_KEY_VIOLATION and item.generation.artist_name:
+        if sqlstate(exc) == _FOREIGN_KEY_VIOLATION and item.generation.artist_name:
             return ArtistNotFound(item.generation.artist_name)
         return exc
 

@@ -123,14 +123,12 @@ class ProfileRepository:
         async def work(session: AsyncSession) -> list[Any]:
             return await artists.page(session, status=status, after=after, limit=page_size + 1)
 
-        rows = await self.db.run(work, time_left=time_left)
-        token = ""
-        if len(rows) > page_size:
-            rows = rows[:page_size]
-            last = rows[-1]
-            token = pagination.encode(
-                after_id=str(last.id), after_time=last.created_at, filters=filters
-            )
+        rows, token = pagination.cut(
+            await self.db.run(work, time_left=time_left),
+            page_size,
+            filters=filters,
+            key=lambda row: (row.id, row.created_at),
+        )
         return [convert.artist_to_proto(r) for r in rows], token
 
     async def set_research_status(
@@ -274,12 +272,10 @@ class ProfileRepository:
                 limit=page_size + 1,
             )
 
-        rows = await self.db.run(work, time_left=time_left)
-        token = ""
-        if len(rows) > page_size:
-            rows = rows[:page_size]
-            last = rows[-1]
-            token = pagination.encode(
-                after_id=str(last.id), after_time=last.collected_at, filters=filters
-            )
+        rows, token = pagination.cut(
+            await self.db.run(work, time_left=time_left),
+            page_size,
+            filters=filters,
+            key=lambda row: (row.id, row.collected_at),
+        )
         return [artists.source_to_proto(r) for r in rows], token

@@ -10,7 +10,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import asyncpg
 from sqlalchemy import event, text
@@ -31,7 +31,7 @@ from tenacity import (
 )
 
 from shared.db.lane import FetchLane
-from shared.db.observe import EXPLAINABLE, Query, classify_statement, observe_queries
+from shared.db.observe import Query, classify_statement, explain_on, observe_queries
 from shared.errors import Aborted, DeadlineExceeded, StylebaseError, Unavailable
 from shared.metrics import DB_QUERY_ERRORS, track_pool
 from shared.settings import DatabaseSettings
@@ -39,7 +39,14 @@ from shared.settings import DatabaseSettings
 log = logging.getLogger(__name__)
 _LOCAL_TIMEOUT = text("SELECT set_config('statement_timeout', :ms, true)")
 T = TypeVar("T")
-__all__ = ["Database", "classify_statement", "create_engine", "positional", "translate_db_error"]
+__all__ = [
+    "Database",
+    "classify_statement",
+    "create_engine",
+    "positional",
+    "sqlstate",
+    "translate_db_error",
+]
 _FIRST_RETRY_WAIT = 0.05
 _BIND_RE = re.compile(r"(?<![:\w]):(\w+)")
 
@@ -55,7 +62,8 @@ _CONNECT_ERRORS = (
 )
 
 
-def _sqlstate(exc: BaseException) -> str | None:
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE behind a driver error, whether raised by a session or by fetch."""
     orig = getattr(exc, "orig", None)
     for candidate in (orig, getattr(orig, "__cause__", None), exc):
         state = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
@@ -70,7 +78,7 @@ def _is_connect_error(exc: BaseException) -> bool:
     if orig is not None:
         chain.append(orig.__cause__)
     return any(isinstance(e, _CONNECT_ERRORS) for e in chain if e is not None) or (
-        _sqlstate(exc) or ""
+        sqlstate(exc) or ""
     ).startswith("08")
 
 
@@ -94,13 +102,26 @@ def positional(statement: str, params: Mapping[str, Any]) -> tuple[Any, ...]:
     return (numbered, *(params[name] for name in names))
 
 
+def _check_deadline(time_left: float | None) -> None:
+    if time_left is not None and time_left <= 0:
+        raise DeadlineExceeded("the deadline expired before the database was reached")
+
+
+def _raise_translated(exc: BaseException) -> NoReturn:
+    """Raise the domain error for exc (from exc), or exc itself when it has none."""
+    translated = translate_db_error(exc)
+    if translated is exc:
+        raise exc
+    raise translated from exc
+
+
 def translate_db_error(exc: BaseException) -> BaseException:
     """Map a driver or pool error to the domain error a client should see."""
     if isinstance(exc, StylebaseError):
         return exc
     if isinstance(exc, PoolTimeoutError):
         return Unavailable("database connection pool exhausted; retry later")
-    state = _sqlstate(exc)
+    state = sqlstate(exc)
     if state == _QUERY_CANCELED:
         return DeadlineExceeded("the database statement ran past the deadline and was rolled back")
     if state in _RETRY_TRANSACTION:
@@ -196,8 +217,7 @@ class Database:
         statement timeout it bounds every statement instead, on the server: a statement waiting
         on a lock is cancelled there even if this client is gone.
         """
-        if time_left is not None and time_left <= 0:
-            raise DeadlineExceeded("the deadline expired before the database was reached")
+        _check_deadline(time_left)
         try:
             async with self.sessions() as session, session.begin():
                 if (
@@ -212,7 +232,7 @@ class Database:
         except (DBAPIError, PoolTimeoutError, OSError) as exc:
             if not isinstance(exc, DBAPIError):  # statement errors are counted by the engine hook
                 DB_QUERY_ERRORS.labels("connect", type(exc).__name__).inc()
-            raise translate_db_error(exc) from exc
+            _raise_translated(exc)
 
     async def run(
         self, work: Callable[[AsyncSession], Awaitable[T]], *, time_left: float | None = None
@@ -238,15 +258,14 @@ class Database:
         deadline is asyncpg's timeout, which cancels the statement on the server (a cancelled
         write is rolled back); DB_STATEMENT_TIMEOUT_MS still bounds it there.
         """
-        if time_left is not None and time_left <= 0:
-            raise DeadlineExceeded("the deadline expired before the database was reached")
+        _check_deadline(time_left)
 
         async def attempt() -> list[asyncpg.Record]:
             try:
                 fairy = await self._lane.borrow()
             except (DBAPIError, PoolTimeoutError, OSError) as exc:
                 DB_QUERY_ERRORS.labels("connect", type(exc).__name__).inc()
-                raise translate_db_error(exc) from exc
+                _raise_translated(exc)
             return await self._fetch_on(fairy, statement, args, time_left)
 
         return await _retry_connect(attempt)
@@ -268,19 +287,12 @@ class Database:
                 raise DeadlineExceeded(
                     "the database statement ran past the deadline and was cancelled"
                 ) from exc
-            raise translate_db_error(exc) from exc
+            _raise_translated(exc)
         elapsed_ms = query.finished()
         try:
             slow_ms = self.settings.db_slow_query_ms
             if elapsed_ms >= slow_ms:
-                plan = "(not explainable)"
-                if query.operation in EXPLAINABLE:
-                    try:
-                        explained = await raw.fetch("EXPLAIN " + statement, *args)
-                        plan = "\n".join(str(row[0]) for row in explained)
-                    except Exception as exc:
-                        plan = f"(no plan: {exc})"
-                query.log_slow(elapsed_ms, slow_ms, plan)
+                query.log_slow(elapsed_ms, slow_ms, await explain_on(raw, query, args))
         finally:
             await self._lane.give_back(fairy)
         return rows
@@ -297,7 +309,8 @@ class Database:
         return {
             "size": pool.size(),
             "checked_out": pool.checkedout() - lane,
-            "overflow": pool.overflow(),
+            # SQLAlchemy counts overflow from -size up; below zero means none above the size.
+            "overflow": max(0, pool.overflow()),
             "idle": pool.checkedin() + lane,
         }
 

@@ -27,7 +27,7 @@ log = logging.getLogger("shared.db.engine")
 _VERBS = frozenset(
     {"select", "insert", "update", "delete", "with", "set", "show", "savepoint", "release"}
 )
-EXPLAINABLE = frozenset({"select", "insert", "update", "delete", "with"})
+_EXPLAINABLE = frozenset({"select", "insert", "update", "delete", "with"})
 _TABLES = frozenset(Base.metadata.tables)
 _VERB_RE = re.compile(r"^\s*(\w+)")
 _TABLE_RE = re.compile(r'\b(?:FROM|INTO|UPDATE|JOIN)\s+"?(\w+)"?', re.IGNORECASE)
@@ -108,6 +108,18 @@ def _explain(conn: Connection, statement: str, parameters: Any) -> str:
         cursor.close()
 
 
+async def explain_on(raw: Any, query: Query, args: tuple[Any, ...]) -> str:
+    """The plan of a statement Database.fetch just ran, on the same driver connection (no
+    transaction is open there, so a failed EXPLAIN spoils nothing)."""
+    if query.operation not in _EXPLAINABLE:
+        return "(not explainable)"
+    try:
+        explained = await raw.fetch("EXPLAIN " + query.statement, *args)
+    except Exception as exc:
+        return f"(no plan: {exc})"
+    return "\n".join(str(row[0]) for row in explained)
+
+
 def observe_queries(engine: AsyncEngine, *, slow_query_ms: int) -> None:
     """Observe every statement a session of engine runs."""
     sync = engine.sync_engine
@@ -126,7 +138,7 @@ def observe_queries(engine: AsyncEngine, *, slow_query_ms: int) -> None:
         elapsed_ms = query.finished()
         if elapsed_ms < slow_query_ms:
             return
-        explainable = query.operation in EXPLAINABLE and not many
+        explainable = query.operation in _EXPLAINABLE and not many
         if getattr(ctx, "is_server_side", False):
             explainable = False
         plan = _explain(conn, statement, parameters) if explainable else "(not explainable)"

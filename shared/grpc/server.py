@@ -80,8 +80,7 @@ class AdminServicer(admin_grpc.AdminServiceServicer):
                     name=pool.name,
                     size=status["size"],
                     checked_out=status["checked_out"],
-                    # SQLAlchemy counts from -size up; below zero means none above the size.
-                    overflow=max(0, status["overflow"]),
+                    overflow=status["overflow"],
                     idle=status["idle"],
                 )
             )
