@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: install run test generate check-generated lint format breaking pytest migrate seed-demo \
-	bench bench-profile-store bench-similarity bench-analytics bench-cache-gateway clean
+	faults bench bench-profile-store bench-similarity bench-analytics bench-cache-gateway clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,10 @@ pytest: install
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: install check-generated lint pytest
+
+# The full fault-injection runs: restarts, outages, stalls, partitions, fuzzing (see README).
+faults: install
+	$(BIN)/pytest -m faults tests/faults -s $(PYTEST_ARGS)
 
 bench-profile-store: install
 	$(BIN)/python -m bench.profile_store

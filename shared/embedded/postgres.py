@@ -179,9 +179,13 @@ class EmbeddedPostgres:
         if exists != "1":
             self.psql(f'CREATE DATABASE "{DATABASE}"')
 
-    def stop(self) -> None:
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server: "fast" (a clean shutdown) or "immediate" (a crash, as kill -9 of
+        the postmaster would give: recovery runs on the next start)."""
+        if mode not in ("fast", "immediate"):
+            raise ValueError(f"unknown stop mode {mode!r}")
         if self._running():
             self._run(
-                [self._bin("pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "stop"],
+                [self._bin("pg_ctl"), "-D", str(self.pgdata), "-m", mode, "-w", "stop"],
                 as_server_user=True,
             )
