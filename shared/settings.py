@@ -58,7 +58,7 @@ class DatabaseSettings(_Base):
     db_pool_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     db_pool_pre_ping: bool = True
     # Connections idle at least this long answer a network ping before reuse; fresher ones
-    # are only checked locally (see shared.db.engine.install_pre_ping).
+    # are only checked locally (see shared.db.pool.install_pre_ping).
     db_pool_ping_idle_seconds: float = Field(default=10.0, ge=0, le=3600)
     db_statement_timeout_ms: int = Field(default=30_000, ge=100, le=3_600_000)
     db_connect_timeout_seconds: float = Field(default=5.0, gt=0, le=120)

@@ -11,19 +11,31 @@ is dropped at once, one idle for ping_idle_seconds or more must answer a ping fi
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import greenlet_spawn
 
+from shared.db.pool import close_backend
+
 
 class FetchLane:
-    def __init__(self, engine: AsyncEngine, *, capacity: int, ping_idle_seconds: float | None):
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        capacity: int,
+        ping_idle_seconds: float | None,
+        close_timeout: float,
+    ):
         self._engine = engine
         self._capacity = capacity
         self._ping_idle = ping_idle_seconds
+        self._close_timeout = close_timeout
         self._idle: list[tuple[Any, float]] = []  # (pool's connection proxy, idle since)
+        self._retiring: set[asyncio.Task[None]] = set()
         self._closed = False
 
     @property
@@ -41,8 +53,11 @@ class FetchLane:
             if self._ping_idle is not None and time.monotonic() - since >= self._ping_idle:
                 try:
                     await raw.execute(";", timeout=5)
-                except Exception:
-                    fairy.invalidate()
+                except BaseException as exc:
+                    # A cancelled caller too: the fairy is out of the lane and must not leak.
+                    self.discard(fairy)
+                    if not isinstance(exc, Exception):
+                        raise
                     continue
             return fairy
         return await greenlet_spawn(self._engine.sync_engine.raw_connection)
@@ -54,11 +69,19 @@ class FetchLane:
         else:
             await greenlet_spawn(fairy.close)
 
-    @staticmethod
-    def discard(fairy: Any) -> None:
+    def discard(self, fairy: Any) -> None:
         """After a timeout, a cancellation or a broken connection: its state is unknown, so it
-        is closed at once (synchronously, which a cancelled caller can still do)."""
-        fairy.invalidate()
+        is closed. The pool counts it checked out until its backend is gone (see
+        shared.db.pool), in a task of its own so a cancelled caller need not wait."""
+        task = asyncio.get_running_loop().create_task(self._retire(fairy))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _retire(self, fairy: Any) -> None:
+        try:
+            await close_backend(fairy.driver_connection, within=self._close_timeout)
+        finally:
+            fairy.invalidate()
 
     async def close(self) -> None:
         """Return every idle connection to the pool, before the engine is disposed."""
@@ -66,3 +89,5 @@ class FetchLane:
         while self._idle:
             fairy, _ = self._idle.pop()
             await greenlet_spawn(fairy.close)
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
