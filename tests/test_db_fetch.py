@@ -12,8 +12,10 @@ from sqlalchemy import text
 
 from shared.db.engine import Database
 from shared.embedded.ports import free_port
+from shared.embedded.postgres import EmbeddedPostgres
 from shared.errors import DeadlineExceeded, Unavailable
 from shared.settings import ServiceSettings
+from tests.faults.proxy import FaultProxy
 
 
 def _errors(operation: str, error_type: str) -> float:
@@ -151,3 +153,37 @@ async def test_a_slow_fetch_is_logged_with_its_plan(
     slow = [r for r in caplog.records if r.getMessage().startswith("slow query")]
     assert len(slow) == 1, [r.getMessage() for r in caplog.records]
     assert "artists" in slow[0].plan  # type: ignore[attr-defined]
+
+
+async def test_a_fetch_cancelled_during_its_idle_ping_does_not_leak_its_connection(
+    postgres: EmbeddedPostgres, database_url: str
+) -> None:
+    proxy = FaultProxy(postgres.port).start()
+    settings = ServiceSettings(
+        POSTGRES_DATABASE_URL=database_url.replace(f":{postgres.port}/", f":{proxy.port}/"),
+        db_pool_size=2,
+        db_max_overflow=0,
+        db_pool_ping_idle_seconds=0,  # every borrow pings
+        db_connect_timeout_seconds=1,
+    )
+    database = Database.connect(settings, application_name="tests-ping-cancel")
+    try:
+        await database.fetch("SELECT 1")  # now idle in the lane
+        proxy.stall()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(database.fetch("SELECT 1"), 0.5)
+        proxy.resume()
+        for _ in range(200):
+            if database.pool_status()["checked_out"] == 0:
+                break
+            await asyncio.sleep(0.05)
+        status = database.pool_status()
+        print(f"\nfetch cancelled in its idle ping: pool afterwards {status}")
+        assert status["checked_out"] == 0
+        # Both connections of the pool are there to use at once.
+        rows = await asyncio.gather(*(database.fetch("SELECT 1 AS one") for _ in range(2)))
+        assert [r[0]["one"] for r in rows] == [1, 1]
+    finally:
+        proxy.resume()
+        await database.dispose()
+        proxy.stop()

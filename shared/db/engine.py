@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 from sqlalchemy import text
+from sqlalchemy.connectors.asyncio import AsyncAdapt_Error
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -46,9 +47,11 @@ __all__ = [
     "translate_db_error",
 ]
 _BIND_RE = re.compile(r"(?<![:\w]):(\w+)")
-# What reaching the database may raise, on either path, besides SQLAlchemy's wrappers.
+# What reaching the database may raise, on either path: SQLAlchemy's wrappers, the driver's
+# errors as the dialect re-raises them (a raw pool connect, for fetch), the driver's own.
 _DRIVER_ERRORS = (
     DBAPIError,
+    AsyncAdapt_Error,
     PoolTimeoutError,
     OSError,
     asyncpg.PostgresError,

@@ -512,3 +512,88 @@ async def test_a_connection_lost_after_commit_is_never_written_twice(
     # A write that answered OK is there exactly once.
     assert outcomes["OK"] <= rows[1]
     assert rows_read[0]["n"] == 42 and session_read == 43
+
+
+async def _terminate_backend_of(db: Database, application_name: str) -> None:
+    """pg_terminate_backend (as a fast stop does to every backend) of the first statement of
+    application_name seen running."""
+    for _ in range(500):
+        rows = await db.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = $1"
+            " AND state = 'active' AND query LIKE '%pg_sleep%'",
+            application_name,
+        )
+        if rows:
+            await db.fetch("SELECT pg_terminate_backend($1)", rows[0]["pid"])
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"no statement of {application_name} was seen running")
+
+
+async def _outcome(call: Awaitable[Any]) -> str:
+    try:
+        await call
+    except Exception as exc:
+        return type(exc).__name__
+    return "OK"
+
+
+async def test_a_backend_terminated_mid_statement_is_unavailable_and_reads_are_retried(
+    db: Database, database_url: str
+) -> None:
+    settings = ServiceSettings(POSTGRES_DATABASE_URL=database_url, db_pool_size=2)
+    victim = Database.connect(settings, application_name="terminated")
+
+    async def sleep_in_session(session: AsyncSession) -> None:
+        await session.execute(text("SELECT pg_sleep(1)"))
+
+    cases: dict[str, Callable[[], Awaitable[Any]]] = {
+        "fetch, not idempotent": lambda: victim.fetch("SELECT pg_sleep(1)", idempotent=False),
+        "run, a write": lambda: victim.run(sleep_in_session),
+        "fetch of a SELECT": lambda: victim.fetch("SELECT pg_sleep(1)"),
+        "run, idempotent": lambda: victim.run(sleep_in_session, idempotent=True),
+    }
+    outcomes: dict[str, str] = {}
+    try:
+        for case, call in cases.items():
+            task = asyncio.ensure_future(_outcome(call()))
+            await _terminate_backend_of(db, "terminated")
+            outcomes[case] = await task
+    finally:
+        await victim.dispose()
+    print(f"\nbackend terminated mid-statement (57P01): {outcomes}")
+    assert outcomes == {
+        "fetch, not idempotent": "Unavailable",
+        "run, a write": "Unavailable",
+        "fetch of a SELECT": "OK",
+        "run, idempotent": "OK",
+    }
+
+
+async def test_a_server_out_of_connection_slots_is_unavailable_on_both_paths(
+    db: Database, database_url: str
+) -> None:
+    async with db.transaction() as session:
+        await session.execute(
+            text(
+                "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'no_slots')"
+                " THEN CREATE ROLE no_slots LOGIN CONNECTION LIMIT 0; END IF; END $$"
+            )
+        )
+    settings = ServiceSettings(
+        POSTGRES_DATABASE_URL=database_url.replace("//postgres@", "//no_slots@"), db_pool_size=2
+    )
+    full = Database.connect(settings, application_name="no-slots")
+
+    async def select_one(session: AsyncSession) -> None:
+        await session.execute(text("SELECT 1"))
+
+    try:
+        outcomes = {
+            "fetch": await _outcome(full.fetch("SELECT 1")),
+            "run": await _outcome(full.run(select_one)),
+        }
+    finally:
+        await full.dispose()
+    print(f"\ntoo many connections (53300): {outcomes}")
+    assert outcomes == {"fetch": "NotSent", "run": "NotSent"}
