@@ -95,7 +95,7 @@ class SimilarityRepository:
         async def work(session: AsyncSession) -> list[Match]:
             return await self.search.nearest(session, query, index_rows=index_rows)
 
-        return await self.db.run(work, time_left=time_left)
+        return await self.db.run(work, time_left=time_left, idempotent=True)
 
     async def recommend(
         self,
@@ -119,7 +119,7 @@ class SimilarityRepository:
             return await self.search.nearest(session, query)
 
         SIMILARITY_SEARCHES.labels(kind="recommend").inc()
-        return await self.db.run(work, time_left=time_left)
+        return await self.db.run(work, time_left=time_left, idempotent=True)
 
     async def measure_recall(
         self, *, sample_size: int, k: int, ef_search: int | None, time_left: float | None
@@ -160,4 +160,4 @@ class SimilarityRepository:
             )
 
         SIMILARITY_SEARCHES.labels(kind="measure_recall").inc()
-        return await self.db.run(work, time_left=time_left)
+        return await self.db.run(work, time_left=time_left, idempotent=True)
