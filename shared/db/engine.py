@@ -29,7 +29,7 @@ from shared.db.errors import (
 )
 from shared.db.lane import FetchLane
 from shared.db.observe import Query, classify_statement, explain_on, observe_queries
-from shared.db.pool import create_engine, install_pre_ping
+from shared.db.pool import BackendSlots, create_engine, install_pre_ping
 from shared.db.retry import check_deadline, with_retries
 from shared.errors import DeadlineExceeded
 from shared.metrics import DB_QUERY_ERRORS, track_pool
@@ -95,6 +95,14 @@ class Database:
         observe_queries(engine, slow_query_ms=settings.db_slow_query_ms)
         if settings.db_pool_pre_ping:
             install_pre_ping(engine, idle_seconds=settings.db_pool_ping_idle_seconds)
+        # Retiring a connection opens one for the cancel request, then ends the session.
+        close_within = 2 * settings.db_connect_timeout_seconds
+        self.slots = BackendSlots(
+            settings.db_pool_size + settings.db_max_overflow,
+            wait=settings.db_pool_timeout_seconds,
+            close_within=close_within,
+        )
+        self.slots.install(engine)
         self._lane = FetchLane(
             engine,
             # At most half the pool, so sessions always have the other half (none at size 1).
@@ -102,8 +110,7 @@ class Database:
             ping_idle_seconds=(
                 settings.db_pool_ping_idle_seconds if settings.db_pool_pre_ping else None
             ),
-            # Retiring a connection opens one for the cancel request, then ends the session.
-            close_timeout=2 * settings.db_connect_timeout_seconds,
+            close_timeout=close_within,
         )
         track_pool(self)
 

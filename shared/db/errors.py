@@ -24,8 +24,16 @@ _RETRY_TRANSACTION = frozenset({"40001", "40P01"})
 # (57P02), starting up, shutting down or in recovery (57P03), out of connection slots (53300).
 # Class 08 (connection exceptions) counts too.
 _UNAVAILABLE_STATES = frozenset({"57P01", "57P02", "57P03", "53300"})
-# asyncpg.InterfaceError covers "connection is closed" and ConnectionDoesNotExistError.
-_CONNECTION_ERRORS = (OSError, ConnectionError, EOFError, asyncpg.InterfaceError)
+# asyncpg.InterfaceError covers "connection is closed" and ConnectionDoesNotExistError;
+# InternalClientError is a connection whose protocol state the server broke (a FATAL message
+# while it was idle in the pool: "another operation is in progress" on the next use).
+_CONNECTION_ERRORS = (
+    OSError,
+    ConnectionError,
+    EOFError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
 
 
 class NotSent(Unavailable):

@@ -1,10 +1,13 @@
 """The engine's pool: its connections, their check at checkout, and their retirement.
 
 The pool's size plus overflow is a hard limit on the backends a process holds only if a
-connection leaves the pool's count once its backend is gone. A connection whose statement
-was cut off by a deadline or a cancelled task is retired: the server is asked to cancel the
-statement, the session is ended with Terminate and its end awaited, and only then does the
-pool count the connection closed and open a replacement.
+connection leaves the count once its backend is gone. SQLAlchemy's pool counts a connection
+gone as soon as it is invalidated, and a connect cancelled half-way is forgotten at once, so
+BackendSlots counts the backends themselves: a slot is taken before a connection is opened and
+given back when the server has ended the session (it hung up after Terminate, or closed the
+connection itself). A connection whose statement was cut off by a deadline or a cancelled
+task is retired (close_backend): the server is asked to cancel the statement, the session is
+ended with Terminate and its end awaited.
 """
 
 from __future__ import annotations
@@ -17,12 +20,17 @@ from typing import Any
 import asyncpg
 from sqlalchemy import event
 from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.util import await_
 
 from shared.settings import DatabaseSettings
 
 log = logging.getLogger(__name__)
+# A connection dropped locally (socket aborted, not closed by the server) keeps its slot this
+# long: an idle backend notices the closed socket at once, and one that was cut off mid-
+# statement already had a cancel request from asyncpg before the drop.
+_DROPPED_LINGER_SECONDS = 1.0
 
 
 def create_engine(
@@ -84,3 +92,63 @@ async def close_backend(raw: asyncpg.Connection, *, within: float) -> None:
         log.warning("closing a database connection failed, dropped it: %s", exc)
         if isinstance(exc, asyncio.CancelledError):
             raise
+
+
+class BackendSlots:
+    """At most `limit` backends of this process at once, whatever the pool believes."""
+
+    def __init__(self, limit: int, *, wait: float, close_within: float) -> None:
+        self.limit = limit
+        self._free = asyncio.Semaphore(limit)
+        self._wait = wait
+        self._close_within = close_within
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def install(self, engine: AsyncEngine) -> None:
+        @event.listens_for(engine.sync_engine, "do_connect")
+        def _through_slots(_dialect: Any, _record: Any, _cargs: Any, cparams: Any) -> None:
+            cparams["async_creator_fn"] = self.connect
+
+    async def connect(self, *args: Any, **kwargs: Any) -> asyncpg.Connection:
+        try:
+            await asyncio.wait_for(self._free.acquire(), self._wait)
+        except TimeoutError:
+            raise PoolTimeoutError(
+                f"all {self.limit} database connections are in use or closing"
+            ) from None
+        connecting = asyncio.ensure_future(asyncpg.connect(*args, **kwargs))
+        try:
+            # Shielded: a caller cancelled half-way must not leave a backend nobody counts.
+            conn: asyncpg.Connection = await asyncio.shield(connecting)
+        except asyncio.CancelledError:
+            connecting.add_done_callback(self._abandoned)
+            raise
+        except BaseException:
+            # A failed connect may have left a backend in its startup; it goes with the socket.
+            self._release_later()
+            raise
+        conn.add_termination_listener(self._terminated)
+        return conn
+
+    def _abandoned(self, connecting: asyncio.Future[asyncpg.Connection]) -> None:
+        if connecting.cancelled() or connecting.exception() is not None:
+            self._release_later()
+            return
+        conn = connecting.result()
+        conn.add_termination_listener(self._terminated)
+        task = asyncio.get_running_loop().create_task(
+            close_backend(conn, within=self._close_within)
+        )
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def _terminated(self, conn: Any) -> None:
+        # asyncpg marks a connection it dropped itself; one closed gracefully or by the server
+        # has no backend left.
+        if getattr(conn, "_aborted", True):
+            self._release_later()
+        else:
+            self._free.release()
+
+    def _release_later(self) -> None:
+        asyncio.get_running_loop().call_later(_DROPPED_LINGER_SECONDS, self._free.release)

@@ -22,7 +22,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db.engine import Database
-from shared.embedded.postgres import EmbeddedPostgres
+from shared.embedded.postgres import DATABASE, EmbeddedPostgres
 from shared.errors import Unavailable
 from shared.settings import ServiceSettings, to_libpq_url
 from stylebase.analytics.v1 import analytics_service_pb2 as analytics_pb
@@ -66,8 +66,14 @@ class Services:
 
 
 @pytest.fixture(scope="module")
-def services(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
-    """The three database services as processes, each with a small pool (cap 10)."""
+def services(
+    database_url: str, postgres: EmbeddedPostgres, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Services]:
+    """The three database services (and the gateway) as processes, each with a small pool."""
+    # The test server acknowledges commits before their WAL is written (synchronous_commit
+    # off), which a crash loses; these tests count acknowledged writes, so commits here are
+    # durable, as in production.
+    postgres.psql(f'ALTER DATABASE "{DATABASE}" SET synchronous_commit = on')
     workdir: Path = tmp_path_factory.mktemp("database-faults")
     processes = {s: ServiceProcess(s, {}, log_path=workdir / f"{s}.log") for s in DB_SERVICES}
     gateway = ServiceProcess("cache_gateway", {}, log_path=workdir / "cache_gateway.log")
@@ -91,6 +97,7 @@ def services(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     finally:
         for process in started:
             process.stop()
+        postgres.psql(f'ALTER DATABASE "{DATABASE}" RESET synchronous_commit')
 
 
 async def _code(call: Awaitable[Any]) -> grpc.StatusCode:
@@ -156,10 +163,17 @@ class Sampler:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
 
-    async def active(self) -> dict[str, int]:
+    async def active(self) -> tuple[dict[str, int], list[str]]:
+        """Active statements per service, and what each of them is."""
         conn = await asyncpg.connect(self.url, server_settings={"application_name": "sampler"})
         try:
-            return (await self.now(conn))[1]
+            rows = await conn.fetch(
+                "SELECT application_name, left(query, 60) AS query, wait_event_type,"
+                " now() - query_start AS running FROM pg_stat_activity"
+                " WHERE application_name = ANY($1::text[]) AND state = 'active'",
+                list(self.names),
+            )
+            return (await self.now(conn))[1], [str(dict(row)) for row in rows]
         finally:
             await conn.close()
 
@@ -185,9 +199,16 @@ async def _table_lock(
     url = to_libpq_url(database_url)
     names = await _seed_profiles(services, 3)
     vector = embedding(7)
+    exact = similarity_pb.SearchOptions(exact=True)
+    # Through both paths: fetch (the default index scan, the profile read) and sessions (an
+    # exact search, a save).
     calls: list[Callable[[], Awaitable[Any]]] = [
         lambda: services.similarity.FindSimilarArtists(
-            similarity_pb.FindSimilarArtistsRequest(artist_name=names[0], limit=5), timeout=3
+            similarity_pb.FindSimilarArtistsRequest(artist_name=names[0], limit=5, options=exact),
+            timeout=3,
+        ),
+        lambda: services.store.SaveStyleProfile(
+            store_pb.SaveStyleProfileRequest(profile=profile(names[2])), timeout=3
         ),
         lambda: services.similarity.SearchByEmbedding(
             similarity_pb.SearchByEmbeddingRequest(embedding=vector, limit=5), timeout=3
@@ -216,7 +237,7 @@ async def _table_lock(
         await asyncio.gather(*(client(i) for i in range(clients)))
         gave_up = time.monotonic()
         await asyncio.sleep(1.0)
-        leftover = await sampler.active()
+        leftover, statements = await sampler.active()
         held = time.monotonic() - locked_at
     finally:
         await lock.rollback()
@@ -233,7 +254,7 @@ async def _table_lock(
     )
     assert set(codes) <= {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE}
     assert max(sampler.max_backends.values()) <= POOL_CAP
-    assert sum(leftover.values()) == 0
+    assert sum(leftover.values()) == 0, statements
     assert after == {grpc.StatusCode.OK: len(calls) * 3}
 
 
