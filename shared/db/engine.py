@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -84,6 +85,16 @@ def _count_connect_error(exc: BaseException) -> None:
         DB_QUERY_ERRORS.labels("connect", type(exc).__name__).inc()
 
 
+def _left(deadline: float | None) -> float | None:
+    """Seconds to deadline (a time.monotonic() value), DeadlineExceeded when none are left."""
+    if deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise DeadlineExceeded("the deadline expired while waiting for a database connection")
+    return left
+
+
 class Database:
     """The process's engine and session factory; one session per unit of work."""
 
@@ -134,6 +145,7 @@ class Database:
         connection raises NotSent (nothing of the work was sent); any other loss Unavailable.
         """
         check_deadline(time_left)
+        deadline = None if time_left is None else time.monotonic() + time_left
         try:
             async with self.sessions() as session, session.begin():
                 try:
@@ -142,14 +154,11 @@ class Database:
                 except _DRIVER_ERRORS as exc:
                     _count_connect_error(exc)
                     raise_not_sent(exc)
-                if (
-                    time_left is not None
-                    and time_left * 1000 < self.settings.db_statement_timeout_ms
-                ):
+                # What is left once a connection was found: the wait for one counts.
+                left = _left(deadline)
+                if left is not None and left * 1000 < self.settings.db_statement_timeout_ms:
                     # A bound parameter keeps this one prepared statement for every deadline.
-                    await session.execute(
-                        _LOCAL_TIMEOUT, {"ms": str(max(1, int(time_left * 1000)))}
-                    )
+                    await session.execute(_LOCAL_TIMEOUT, {"ms": str(max(1, int(left * 1000)))})
                 yield session
         except _DRIVER_ERRORS as exc:
             _count_connect_error(exc)
@@ -197,11 +206,17 @@ class Database:
             idempotent = classify_statement(statement)[0] == "select"
 
         async def attempt(left: float | None) -> list[asyncpg.Record]:
+            deadline = None if left is None else time.monotonic() + left
             try:
                 fairy = await self._lane.borrow()
             except _DRIVER_ERRORS as exc:
                 _count_connect_error(exc)
                 raise_not_sent(exc)
+            try:
+                left = _left(deadline)
+            except DeadlineExceeded:
+                await self._lane.give_back(fairy)
+                raise
             return await self._fetch_on(fairy, statement, args, left)
 
         return await with_retries(attempt, time_left=time_left, idempotent=idempotent)

@@ -111,7 +111,8 @@ class BackendSlots:
 
     async def connect(self, *args: Any, **kwargs: Any) -> asyncpg.Connection:
         try:
-            await asyncio.wait_for(self._free.acquire(), self._wait)
+            async with asyncio.timeout(self._wait):
+                await self._free.acquire()
         except TimeoutError:
             raise PoolTimeoutError(
                 f"all {self.limit} database connections are in use or closing"
@@ -123,16 +124,26 @@ class BackendSlots:
         except asyncio.CancelledError:
             connecting.add_done_callback(self._abandoned)
             raise
-        except BaseException:
-            # A failed connect may have left a backend in its startup; it goes with the socket.
-            self._release_later()
+        except BaseException as exc:
+            self._failed(exc)
             raise
         conn.add_termination_listener(self._terminated)
         return conn
 
-    def _abandoned(self, connecting: asyncio.Future[asyncpg.Connection]) -> None:
-        if connecting.cancelled() or connecting.exception() is not None:
+    def _failed(self, exc: BaseException) -> None:
+        # A connect that timed out was dropped by asyncpg, maybe with a backend in its startup;
+        # one refused or answered with an error (starting up, too many clients) has none.
+        if isinstance(exc, TimeoutError | asyncio.CancelledError):
             self._release_later()
+        else:
+            self._free.release()
+
+    def _abandoned(self, connecting: asyncio.Future[asyncpg.Connection]) -> None:
+        if connecting.cancelled():
+            self._release_later()
+            return
+        if (error := connecting.exception()) is not None:
+            self._failed(error)
             return
         conn = connecting.result()
         conn.add_termination_listener(self._terminated)
