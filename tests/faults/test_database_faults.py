@@ -175,7 +175,7 @@ async def test_a_fast_stop_of_postgresql_gives_only_retryable_codes_and_exact_wr
 
 @pytest.mark.faults
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
-async def test_postgresql_stop_and_crash_undermixed_load(
+async def test_postgresql_stop_and_crash_under_mixed_load(
     services: Services, postgres: EmbeddedPostgres, database_url: str, mode: str
 ) -> None:
     await _restart(
