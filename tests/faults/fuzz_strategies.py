@@ -68,7 +68,7 @@ CONTROL = "\x00\x01\x07\t\n\r\x1b\x1f\x7f\x85\u2028\ufeff"
 LONG_LENGTHS = (256, 1025, 2049, 20_001, 1_000_001)
 
 # Characters a proto string can hold (valid UTF-8: no lone surrogates).
-_unicode = st.characters(exclude_categories=("Cs",))
+_unicode = st.characters(exclude_categories=["Cs"])
 
 
 class Strategies:
@@ -128,6 +128,7 @@ class Strategies:
         if kind == F.TYPE_BOOL:
             return st.booleans()
         if kind == F.TYPE_ENUM:
+            assert field.enum_type is not None
             known = [v.number for v in field.enum_type.values]
             return st.one_of(st.sampled_from(known), st.integers(-(2**31), 2**31 - 1))
         if kind == F.TYPE_STRING:
@@ -137,7 +138,7 @@ class Strategies:
         raise AssertionError(f"no strategy for {field.full_name} (type {kind})")
 
     def value(self, field: FieldDescriptor, depth: int) -> st.SearchStrategy[Any]:
-        if field.type == F.TYPE_MESSAGE:
+        if field.message_type is not None:
             return self.message(field.message_type, depth + 1)
         return self.scalar(field)
 
