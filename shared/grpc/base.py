@@ -1,5 +1,6 @@
-"""What every Stylebase interceptor shares: wrapping unary handlers once, at registration,
-and adding call metadata on the client side."""
+"""What every Stylebase interceptor shares: wrapping unary handlers once, at registration
+(request bytes that do not decode refused there as INVALID_ARGUMENT), and adding call
+metadata on the client side."""
 
 from __future__ import annotations
 
