@@ -58,7 +58,20 @@ def timestamp(value: datetime | None) -> Timestamp | None:
     return ts
 
 
-def from_timestamp(value: Timestamp) -> datetime:
+# google.protobuf.Timestamp's own range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z.
+TIMESTAMP_SECONDS_MIN = -62_135_596_800
+TIMESTAMP_SECONDS_MAX = 253_402_300_799
+NANOS_MAX = 999_999_999
+
+
+def from_timestamp(value: Timestamp, field: str = "timestamp") -> datetime:
+    """The instant, or InvalidArgument naming field when it lies outside Timestamp's range."""
+    if not TIMESTAMP_SECONDS_MIN <= value.seconds <= TIMESTAMP_SECONDS_MAX:
+        raise InvalidArgument(
+            f"{field}.seconds", "must be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z"
+        )
+    if not 0 <= value.nanos <= NANOS_MAX:
+        raise InvalidArgument(f"{field}.nanos", f"must be between 0 and {NANOS_MAX}")
     return value.ToDatetime(tzinfo=UTC)
 
 

@@ -15,6 +15,7 @@ from typing import TypeVar
 
 from google.protobuf.message import DecodeError
 
+from shared import convert
 from shared.errors import InvalidArgument
 from stylebase.common.v1 import common_pb2
 
@@ -45,6 +46,12 @@ def decode(token: str, *, filters: str, field: str = "page_token") -> common_pb2
         raise InvalidArgument(field, "is not a page token this service issued") from None
     if cursor.filter_hash != filters or not cursor.after_id:
         raise InvalidArgument(field, "belongs to a different query; start again without it")
+    # The hash is no secret: a hand-made token may carry any instant.
+    if cursor.HasField("after_time"):
+        try:
+            convert.from_timestamp(cursor.after_time)
+        except InvalidArgument:
+            raise InvalidArgument(field, "is not a page token this service issued") from None
     return cursor
 
 

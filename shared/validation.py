@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import uuid
 from collections.abc import Sequence
 
@@ -10,15 +11,30 @@ from shared.db.models import EMBEDDING_DIM
 from shared.errors import InvalidArgument
 
 NAME_MAX = 255
+# C0 controls (tab and newline among them), DEL and C1 controls.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+NUL_RULE = "must not contain NUL (U+0000): PostgreSQL text cannot hold it"
+CONTROL_RULE = "must not contain control characters (U+0000-U+001F, U+007F-U+009F)"
+
+
+def has_control(value: str) -> bool:
+    return _CONTROL.search(value) is not None
 
 
 def artist_name(value: str, field: str = "artist_name") -> str:
-    """Trimmed name, 1 to 255 characters; names differing only in outer whitespace are one."""
+    """Trimmed name, 1 to 255 characters; names differing only in outer whitespace are one.
+
+    A name is an identifier shown on one line, in lists and logs: inside it a tab, newline or
+    other control character is a paste accident that makes two names look alike, so every
+    control character is refused (NUL besides could not be stored at all).
+    """
     name = value.strip()
     if not name:
         raise InvalidArgument(field, "must not be empty or only whitespace")
     if len(name) > NAME_MAX:
         raise InvalidArgument(field, f"must be at most {NAME_MAX} characters after trimming")
+    if _CONTROL.search(name):
+        raise InvalidArgument(field, CONTROL_RULE)
     return name
 
 
@@ -66,6 +82,18 @@ def finite_in_range(value: float, field: str, low: float, high: float) -> float:
 
 
 def bounded_text(value: str, field: str, max_length: int) -> str:
+    """Free text (a description, notes): tabs and newlines belong there; NUL cannot be stored."""
     if len(value) > max_length:
         raise InvalidArgument(field, f"must be at most {max_length} characters")
+    if "\x00" in value:
+        raise InvalidArgument(field, NUL_RULE)
+    return value
+
+
+def single_line(value: str, field: str, max_length: int) -> str:
+    """A URL, a path or a key: one line that no control character belongs in."""
+    if len(value) > max_length:
+        raise InvalidArgument(field, f"must be at most {max_length} characters")
+    if _CONTROL.search(value):
+        raise InvalidArgument(field, CONTROL_RULE)
     return value

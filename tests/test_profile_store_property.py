@@ -15,6 +15,8 @@ from stylebase.profile_store.v1 import profile_store_service_pb2 as pb
 from tests.profile_store_support import Store, count, running_store
 
 TEXT = st.characters(exclude_categories=["Cs"], exclude_characters="\x00")
+# Names and paths are single lines: no control character (category Cc) at all.
+LINE = st.characters(exclude_categories=["Cs", "Cc"])
 unit = st.floats(0.0, 1.0)
 
 
@@ -52,12 +54,12 @@ embeddings: st.SearchStrategy[list[float]] = st.one_of(
 @st.composite
 def valid_profiles(draw: st.DrawFn) -> common_pb2.StyleProfile:
     # A unique prefix keeps examples apart; the drawn tail exercises trimming and Unicode.
-    tail = draw(st.text(TEXT, max_size=40))
+    tail = draw(st.text(LINE, max_size=40))
     return common_pb2.StyleProfile(
         artist_name=f"  Prop {uuid.uuid4().hex[:12]} {tail}"[:250],
         text_description=draw(st.text(TEXT, max_size=300)),
         quantitative_params=draw(params()),
-        midi_templates=draw(st.lists(st.text(TEXT, min_size=1, max_size=60), max_size=3)),
+        midi_templates=draw(st.lists(st.text(LINE, min_size=1, max_size=60), max_size=3)),
         embedding=draw(embeddings),
         confidence_score=draw(unit),
         sources_count=common_pb2.SourceCounts(

@@ -12,7 +12,10 @@ from prometheus_client import REGISTRY
 from sqlalchemy import text
 
 from services.similarity.app import Settings, build
+from services.similarity.repository import SimilarityRepository
+from services.similarity.search import IndexSettings
 from shared.db.engine import Database
+from shared.errors import DeadlineExceeded
 from shared.grpc.status import field_violations
 from shared.metrics import SIMILARITY_RECALL
 from shared.settings import ServiceSettings
@@ -28,6 +31,11 @@ from tests.test_similarity_rpcs import (
 )
 
 N, K, QUERIES = 2000, 10, 100
+# Statements the similarity service is running (the module's stub is its only client).
+ACTIVE_RECALL_SQL = (
+    "SELECT count(*) FROM pg_stat_activity"
+    " WHERE state = 'active' AND application_name = 'similarity'"
+)
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +84,7 @@ async def test_measure_recall_compares_index_with_exact_search(
     ("request_", "field"),
     [
         (pb.MeasureRecallRequest(sample_size=1001), "sample_size"),
+        (pb.MeasureRecallRequest(sample_size=201), "sample_size"),
         (pb.MeasureRecallRequest(sample_size=-1), "sample_size"),
         (pb.MeasureRecallRequest(k=101), "k"),
         (pb.MeasureRecallRequest(ef_search=1001), "ef_search"),
@@ -87,6 +96,52 @@ async def test_measure_recall_bounds_are_invalid_argument(
     error = await rpc_error(stub.MeasureRecall(request_))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field_violations(error)[0][0] == field
+
+
+async def test_measure_recall_deadline_bounds_the_whole_measurement(
+    vectors: np.ndarray, db: Database
+) -> None:
+    """A lock holds the first statement until 0.15 s before the deadline; the later statements
+    may only have what is left, less than the exact part needs. (Given the whole deadline
+    afresh, as a per-statement timeout does, each of them fits and the measurement runs on for
+    seconds past the deadline.)"""
+    repository = SimilarityRepository(db, IndexSettings())
+    deadline = 2.0
+    locked = asyncio.Event()
+
+    async def hold() -> None:
+        async with db.transaction() as session:
+            await session.execute(text("LOCK TABLE style_profiles IN ACCESS EXCLUSIVE MODE"))
+            locked.set()
+            await asyncio.sleep(deadline - 0.15)
+
+    holder = asyncio.create_task(hold())
+    await locked.wait()
+    try:
+        with pytest.raises(DeadlineExceeded):
+            await repository.measure_recall(
+                sample_size=200, k=K, ef_search=None, time_left=deadline
+            )
+    finally:
+        await holder
+
+
+async def test_measure_recall_over_grpc_stops_at_the_callers_deadline(
+    vectors: np.ndarray, stub: Stub, db: Database
+) -> None:
+    error = await rpc_error(
+        stub.MeasureRecall(pb.MeasureRecallRequest(sample_size=200), timeout=0.05)
+    )
+    assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # Nothing of it runs on in the database once the caller has gone.
+    running = -1
+    for _ in range(40):
+        async with db.transaction() as session:
+            running = (await session.execute(text(ACTIVE_RECALL_SQL))).scalar_one()
+        if running == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert running == 0
 
 
 async def test_recall_canary_exports_the_gauge_when_enabled(

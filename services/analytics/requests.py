@@ -6,7 +6,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -47,10 +47,7 @@ class Window:
 
 
 def _name(value: str, field: str = "artist_name") -> str:
-    name = validation.artist_name(value, field)
-    if "\x00" in name:
-        raise InvalidArgument(field, "must not contain NUL characters")
-    return name
+    return validation.artist_name(value, field)
 
 
 def _user_params(params: pb.UserParams, problems: list[FieldViolation]) -> dict[str, object]:
@@ -106,10 +103,11 @@ def new_generation(request: pb.RecordGenerationRequest) -> NewGeneration:
     if len(request.output_files) > MAX_OUTPUT_FILES:
         problems.append(FieldViolation("output_files", f"must hold at most {MAX_OUTPUT_FILES}"))
     for i, path in enumerate(request.output_files):
-        if not 1 <= len(path) <= MAX_PATH_LENGTH or "\x00" in path:
+        if not 1 <= len(path) <= MAX_PATH_LENGTH or validation.has_control(path):
             problems.append(
                 FieldViolation(
-                    f"output_files[{i}]", f"must be 1 to {MAX_PATH_LENGTH} characters, no NUL"
+                    f"output_files[{i}]",
+                    f"must be 1 to {MAX_PATH_LENGTH} characters, with no control characters",
                 )
             )
     if problems:
@@ -143,21 +141,36 @@ def new_generations(request: pb.BatchRecordGenerationsRequest) -> list[NewGenera
     return checked
 
 
+# Windows are planned in whole months (services.analytics.windows), and the month after
+# December 9999 is past what a datetime holds; nothing is recorded that late anyway.
+WINDOW_MIN = datetime(1, 1, 1, tzinfo=UTC)
+WINDOW_MAX = datetime(9999, 12, 1, tzinfo=UTC)
+WINDOW_RULE = "must be between 0001-01-01T00:00:00Z and 9999-12-01T00:00:00Z"
+
+
 def _instant(value: Timestamp, field: str) -> datetime:
     """Rounded up to PostgreSQL's microsecond, which keeps both bounds' meaning exact:
     created_at >= t and created_at < t are unchanged for microsecond created_at."""
-    try:
-        instant = from_timestamp(value)
-        return instant + timedelta(microseconds=1) if value.nanos % 1000 else instant
-    except (ValueError, OverflowError):
-        raise InvalidArgument(field, "must be a valid timestamp") from None
+    instant = from_timestamp(value, field)
+    if value.nanos % 1000:
+        if instant >= WINDOW_MAX:
+            raise InvalidArgument(field, WINDOW_RULE)
+        instant += timedelta(microseconds=1)
+    if not WINDOW_MIN <= instant <= WINDOW_MAX:
+        raise InvalidArgument(field, WINDOW_RULE)
+    return instant
 
 
 def window(request: pb.GetStatsRequest) -> Window:
     since = _instant(request.since, "since") if request.HasField("since") else None
     until = _instant(request.until, "until") if request.HasField("until") else None
     if since is not None and until is not None and until < since:
-        raise InvalidArgument("until", "must not be before since")
+        raise InvalidArgument.many(
+            [
+                FieldViolation("since", "must not be after until"),
+                FieldViolation("until", "must not be before since"),
+            ]
+        )
     return Window(since, until)
 
 

@@ -83,17 +83,17 @@ class _Violations:
 
 
 def _text(v: _Violations, value: str, field: str, max_length: int) -> str:
-    if len(value) > max_length:
-        v.add(field, f"must be at most {max_length} characters")
-    if "\x00" in value:
-        v.add(field, "must not contain NUL characters")
+    v.check(lambda: validation.bounded_text(value, field, max_length))
+    return value
+
+
+def _line(v: _Violations, value: str, field: str, max_length: int) -> str:
+    v.check(lambda: validation.single_line(value, field, max_length))
     return value
 
 
 def _name(v: _Violations, value: str, field: str) -> str:
     name: str | None = v.check(lambda: validation.artist_name(value, field))
-    if name is not None and "\x00" in name:
-        v.add(field, "must not contain NUL characters")
     return name or ""
 
 
@@ -108,10 +108,16 @@ def _params(v: _Violations, profile: common_pb2.StyleProfile, field: str) -> Non
     params = profile.quantitative_params
     tempos = {"tempo_min": params.tempo_min, "tempo_avg": params.tempo_avg}
     tempos["tempo_max"] = params.tempo_max
+    in_range = True
     for name, value in tempos.items():
         if not math.isfinite(value) or not 0 < value <= TEMPO_MAX:
             v.add(f"{field}.{name}", f"must be positive and at most {TEMPO_MAX:g} BPM")
-    if not params.tempo_min <= params.tempo_avg <= params.tempo_max:
+            in_range = False
+    # The order is judged only between valid tempos, and blames the fields that break it.
+    if in_range and params.tempo_min > params.tempo_max:
+        v.add(f"{field}.tempo_min", "must satisfy tempo_min <= tempo_max")
+        v.add(f"{field}.tempo_max", "must satisfy tempo_min <= tempo_max")
+    elif in_range and not params.tempo_min <= params.tempo_avg <= params.tempo_max:
         v.add(f"{field}.tempo_avg", "must satisfy tempo_min <= tempo_avg <= tempo_max")
     for name, low, high in _PARAM_RANGES:
         _in_range(v, getattr(params, name), f"{field}.{name}", low, high)
@@ -148,7 +154,7 @@ def _profile(v: _Violations, profile: common_pb2.StyleProfile, prefix: str) -> P
     for i, path in enumerate(profile.midi_templates):
         if not path:
             v.add(f"{prefix}.midi_templates[{i}]", "must not be empty")
-        _text(v, path, f"{prefix}.midi_templates[{i}]", PATH_MAX)
+        _line(v, path, f"{prefix}.midi_templates[{i}]", PATH_MAX)
     embedding = _embedding(v, profile.embedding, f"{prefix}.embedding")
     _in_range(v, profile.confidence_score, f"{prefix}.confidence_score", 0.0, 1.0)
     total = _counts(v, profile.sources_count, f"{prefix}.sources_count")
@@ -195,7 +201,7 @@ def _json_safe(v: _Violations, value: Any, field: str) -> None:
     if isinstance(value, float) and not math.isfinite(value):
         v.add(field, "must hold only finite numbers")
     elif isinstance(value, str) and "\x00" in value:
-        v.add(field, "must not contain NUL characters")
+        v.add(field, validation.NUL_RULE)
     elif isinstance(value, dict):
         for key, item in value.items():
             _json_safe(v, key, field)
@@ -210,8 +216,8 @@ def source(message: common_pb2.ResearchSource, prefix: str = "source") -> Source
     source_type = v.check(
         lambda: convert.source_type_to_db(message.source_type, f"{prefix}.source_type")
     )
-    _text(v, message.url, f"{prefix}.url", URL_MAX)
-    _text(v, message.file_path, f"{prefix}.file_path", PATH_MAX)
+    _line(v, message.url, f"{prefix}.url", URL_MAX)
+    _line(v, message.file_path, f"{prefix}.file_path", PATH_MAX)
     _text(v, message.raw_content, f"{prefix}.raw_content", RAW_CONTENT_MAX)
     data_json: str | None = None
     if message.HasField("extracted_data"):

@@ -30,6 +30,11 @@ class Settings(ServiceSettings):
     similarity_recall_canary_interval_seconds: float = Field(default=0, ge=0, le=86_400)
     similarity_recall_canary_sample_size: int = Field(default=50, ge=1, le=1000)
     similarity_recall_canary_k: int = Field(default=10, ge=1, le=100)
+    # The largest MeasureRecall sample a request may ask for.
+    similarity_recall_sample_max: int = Field(default=200, ge=1, le=1000)
+    # Distances one MeasureRecall may compute exactly (sample x stored embeddings); a larger
+    # sample is cut to fit, and the response says how many artists were measured.
+    similarity_recall_max_distances: int = Field(default=2_000_000, ge=1_000, le=1_000_000_000)
 
     def index_settings(self) -> IndexSettings:
         return IndexSettings(
@@ -43,8 +48,12 @@ async def build(settings: Settings) -> ServiceDefinition:
     db = Database.connect(settings, application_name="similarity", readonly=True)
     index = settings.index_settings()
     configure_sessions(db.engine, index)
-    repository = SimilarityRepository(db, index)
-    servicer = SimilarityServicer(repository)
+    repository = SimilarityRepository(
+        db, index, recall_max_distances=settings.similarity_recall_max_distances
+    )
+    servicer = SimilarityServicer(
+        repository, recall_sample_max=settings.similarity_recall_sample_max
+    )
     background = []
     if settings.similarity_recall_canary_interval_seconds > 0:
         background.append(

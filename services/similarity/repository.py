@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.similarity import recall
+from services.similarity.recall import RecallReport
 from services.similarity.search import (
     IndexSettings,
     Match,
@@ -19,31 +19,18 @@ from services.similarity.search import (
     recommendation_vector,
 )
 from shared.db.engine import Database
-from shared.errors import FailedPrecondition
 from shared.metrics import SIMILARITY_SEARCHES
-
-_SAMPLE_SQL = text(
-    "SELECT artist_id, embedding::text AS embedding FROM style_profiles"
-    " WHERE embedding IS NOT NULL ORDER BY random() LIMIT :n"
-)
-
-
-@dataclass(frozen=True)
-class RecallReport:
-    recall: float
-    sample_size: int
-    k: int
-    ef_search: int
-    index_latency_ms_mean: float
-    exact_latency_ms_mean: float
 
 
 class SimilarityRepository:
     """Find, search, recommend and measure; the servicer maps protos to these calls."""
 
-    def __init__(self, db: Database, index: IndexSettings) -> None:
+    def __init__(
+        self, db: Database, index: IndexSettings, *, recall_max_distances: int = 2_000_000
+    ) -> None:
         self.db = db
         self.search = SimilaritySearch(index)
+        self.recall_max_distances = recall_max_distances
 
     async def find_similar(
         self,
@@ -124,39 +111,18 @@ class SimilarityRepository:
     async def measure_recall(
         self, *, sample_size: int, k: int, ef_search: int | None, time_left: float | None
     ) -> RecallReport:
-        """recall@k of the index scan against exact search, over randomly sampled artists.
-
-        Each sampled artist queries for its neighbours (itself left out, as in
-        FindSimilarArtists). Per query, recall is |index ∩ exact| / |exact|, which is
-        k except when fewer than k other artists exist.
-        """
+        """recall@k of the index scan against exact search, over randomly sampled artists
+        (fewer when sample x stored embeddings would pass the recall_max_distances cap)."""
 
         async def work(session: AsyncSession) -> RecallReport:
-            rows = (await session.execute(_SAMPLE_SQL, {"n": sample_size})).all()
-            if not rows:
-                raise FailedPrecondition("no stored embeddings to measure recall on")
-            ef = await self.search.tune(session, ef_search)
-            recalls: list[float] = []
-            index_s = exact_s = 0.0
-            for row in rows:
-                query = Query(k, vector=row.embedding, exclude_ids=(row.artist_id,))
-                started = time.perf_counter()
-                approx = await self.search.scan(session, query, exact=False)
-                index_s += time.perf_counter() - started
-                started = time.perf_counter()
-                exact = await self.search.scan(session, query, exact=True)
-                exact_s += time.perf_counter() - started
-                if exact:
-                    truth = {m.artist_id for m in exact}
-                    recalls.append(len(truth & {m.artist_id for m in approx}) / len(truth))
-            n = len(rows)
-            return RecallReport(
-                recall=sum(recalls) / len(recalls) if recalls else 1.0,
-                sample_size=n,
+            return await recall.measure(
+                session,
+                sample_size=sample_size,
                 k=k,
-                ef_search=ef,
-                index_latency_ms_mean=index_s * 1000 / n,
-                exact_latency_ms_mean=exact_s * 1000 / n,
+                ef_search=await self.search.tune(session, ef_search),
+                max_distances=self.recall_max_distances,
+                time_left=time_left,
+                statement_timeout_ms=self.db.settings.db_statement_timeout_ms,
             )
 
         SIMILARITY_SEARCHES.labels(kind="measure_recall").inc()

@@ -11,7 +11,7 @@ from services.similarity.repository import SimilarityRepository
 from services.similarity.search import Match, SearchFilter, Tuning, vector_literal
 from shared import validation
 from shared.convert import status_to_db
-from shared.errors import InvalidArgument
+from shared.errors import FieldViolation, InvalidArgument
 from stylebase.common.v1 import common_pb2
 from stylebase.similarity.v1 import similarity_service_pb2 as pb
 from stylebase.similarity.v1 import similarity_service_pb2_grpc as pb_grpc
@@ -20,6 +20,7 @@ LIMIT_DEFAULT, LIMIT_MAX = 5, 20
 EF_SEARCH_MAX = 1000
 # Bounds the size of one request's name lists (and so of the lookup it costs).
 NAMES_MAX = 100
+RECALL_SAMPLE_DEFAULT = 100
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
@@ -34,7 +35,12 @@ def _filter(msg: pb.SimilarityFilter, field: str = "filter") -> SearchFilter:
     if msg.HasField("tempo_max"):
         tempo_max = validation.finite_in_range(msg.tempo_max, f"{field}.tempo_max", 0, 1000)
     if tempo_min is not None and tempo_max is not None and tempo_min > tempo_max:
-        raise InvalidArgument(f"{field}.tempo_min", "must not exceed filter.tempo_max")
+        raise InvalidArgument.many(
+            [
+                FieldViolation(f"{field}.tempo_min", f"must not exceed {field}.tempo_max"),
+                FieldViolation(f"{field}.tempo_max", f"must not be below {field}.tempo_min"),
+            ]
+        )
     status = None
     if msg.research_status != common_pb2.RESEARCH_STATUS_UNSPECIFIED:
         status = status_to_db(msg.research_status, f"{field}.research_status")
@@ -73,8 +79,9 @@ def _artists(matches: list[Match]) -> list[pb.SimilarArtist]:
 
 
 class SimilarityServicer(pb_grpc.SimilarityServiceServicer):
-    def __init__(self, repository: SimilarityRepository) -> None:
+    def __init__(self, repository: SimilarityRepository, *, recall_sample_max: int = 200) -> None:
         self.repository = repository
+        self.recall_sample_max = recall_sample_max
 
     async def FindSimilarArtists(
         self, request: pb.FindSimilarArtistsRequest, context: Context
@@ -132,8 +139,13 @@ class SimilarityServicer(pb_grpc.SimilarityServiceServicer):
     async def MeasureRecall(
         self, request: pb.MeasureRecallRequest, context: Context
     ) -> pb.MeasureRecallResponse:
+        high = self.recall_sample_max
         sample_size = validation.bounded_int(
-            request.sample_size, "sample_size", default=100, low=1, high=1000
+            request.sample_size,
+            "sample_size",
+            default=min(RECALL_SAMPLE_DEFAULT, high),
+            low=1,
+            high=high,
         )
         k = validation.bounded_int(request.k, "k", default=10, low=1, high=100)
         report = await self.repository.measure_recall(

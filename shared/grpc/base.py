@@ -1,12 +1,19 @@
-"""What every Stylebase interceptor shares: wrapping unary handlers once, at registration,
-and adding call metadata on the client side."""
+"""What every Stylebase interceptor shares: wrapping unary handlers once, at registration
+(request bytes that do not decode refused there as INVALID_ARGUMENT), and adding call
+metadata on the client side."""
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
+
+from shared.errors import InvalidArgument
+
+log = logging.getLogger(__name__)
 
 UnaryHandler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 # Generic only in the type stubs.
@@ -32,17 +39,72 @@ class UnaryServerInterceptor:
         raise NotImplementedError
 
 
+class _Undecodable:
+    """Stands for request bytes the method's deserializer refused."""
+
+
+UNDECODABLE = _Undecodable()
+UNDECODABLE_RULE = "must be a serialized request message of this method"
+# At most one warning per this many seconds and method: garbage costs a client nothing to send.
+UNDECODABLE_WARN_SECONDS = 60.0
+
+
+class _TolerantDeserializer:
+    """The method's deserializer, answering UNDECODABLE instead of raising.
+
+    grpcio logs a deserializer's exception with a full traceback at ERROR for every such
+    request and answers UNKNOWN; here the handler answers INVALID_ARGUMENT instead, and
+    the log gets a one-line warning at most once a minute per method, with a count.
+    """
+
+    def __init__(self, inner: Callable[[bytes], Any], method: str) -> None:
+        self.inner = inner
+        self.method = method
+        self.refused = 0
+        self.warned_at: float | None = None
+
+    def __call__(self, raw: bytes) -> Any:
+        try:
+            return self.inner(raw)
+        except Exception as error:  # DecodeError, or whatever a custom deserializer raises
+            self.refused += 1
+            now = time.monotonic()
+            if self.warned_at is None or now - self.warned_at >= UNDECODABLE_WARN_SECONDS:
+                log.warning(
+                    "%s: undecodable request of %s bytes refused (%s; %s so far)",
+                    self.method,
+                    len(raw),
+                    type(error).__name__,
+                    self.refused,
+                )
+                self.warned_at = now
+            return UNDECODABLE
+
+
+def _refusing_undecodable(inner: UnaryHandler) -> UnaryHandler:
+    async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        if request is UNDECODABLE:
+            raise InvalidArgument("request", UNDECODABLE_RULE)
+        return await inner(request, context)
+
+    return handler
+
+
 def _wrapped(
     handler: MethodHandler, method: str, interceptors: Sequence[UnaryServerInterceptor]
 ) -> MethodHandler:
     if handler.unary_unary is None:
         return handler
     behaviour: UnaryHandler = handler.unary_unary  # type: ignore[assignment]  # aio: async
+    deserializer = handler.request_deserializer
+    if deserializer is not None:
+        deserializer = _TolerantDeserializer(deserializer, method)
+        behaviour = _refusing_undecodable(behaviour)
     for interceptor in reversed(interceptors):  # the first listed ends up outermost
         behaviour = interceptor.wrap(behaviour, method)
     return grpc.unary_unary_rpc_method_handler(
         behaviour,
-        request_deserializer=handler.request_deserializer,
+        request_deserializer=deserializer,
         response_serializer=handler.response_serializer,
     )
 

@@ -290,7 +290,12 @@ class MeasureRecallRequest(_message.Message):
     K_FIELD_NUMBER: _builtins.int
     EF_SEARCH_FIELD_NUMBER: _builtins.int
     sample_size: _builtins.int
-    """Artists sampled as queries, 1..1000; 0 means 100."""
+    """Artists sampled as queries, 1 to the service's SIMILARITY_RECALL_SAMPLE_MAX (200 by
+    default; larger is INVALID_ARGUMENT); 0 means 100 (or the cap when lower). The service
+    measures fewer when sample x stored embeddings would pass SIMILARITY_RECALL_MAX_DISTANCES
+    (2,000,000 by default); the response's sample_size says how many. Runs within the
+    caller's deadline: past it the answer is DEADLINE_EXCEEDED.
+    """
     k: _builtins.int
     """1..100; 0 means 10."""
     ef_search: _builtins.int
@@ -323,6 +328,7 @@ class MeasureRecallResponse(_message.Message):
     recall: _builtins.float
     """Mean over the sample of |index top-k ∩ exact top-k| / k."""
     sample_size: _builtins.int
+    """The artists actually measured."""
     k: _builtins.int
     ef_search: _builtins.int
     index_latency_ms_mean: _builtins.float
