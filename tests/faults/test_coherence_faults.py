@@ -37,16 +37,17 @@ CONNECTED, PARTITIONED = 1, 0
 
 @dataclass(frozen=True)
 class Shape:
-    seconds: float
     writers: int
     readers: int
     artists: int
+    # Seconds of load before the fault, of the fault, and after recovery.
     fault_at: float
     fault_for: float
+    after: float
 
 
-FAST = Shape(seconds=7.0, writers=4, readers=10, artists=3, fault_at=1.5, fault_for=3.0)
-FULL = Shape(seconds=20.0, writers=16, readers=40, artists=5, fault_at=4.0, fault_for=10.0)
+FAST = Shape(writers=4, readers=10, artists=3, fault_at=1.5, fault_for=3.0, after=2.0)
+FULL = Shape(writers=16, readers=40, artists=5, fault_at=4.0, fault_for=10.0, after=6.0)
 
 
 @dataclass
@@ -213,7 +214,7 @@ async def workload(rig: Rig, shape: Shape, chaos: Callable[[], Awaitable[None]])
     try:
         await asyncio.sleep(shape.fault_at)
         await chaos()
-        await asyncio.sleep(max(0.0, shape.seconds - shape.fault_at - shape.fault_for))
+        await asyncio.sleep(shape.after)
         stop.set()
         await asyncio.gather(*tasks)
     finally:
@@ -275,14 +276,23 @@ def report(title: str, ledger: Ledger, phases: Phases, rig: Rig) -> dict[str, di
     return counts
 
 
-def assert_coherent(ledger: Ledger, counts: dict[str, dict[str, int]], shape: Shape) -> None:
+def assert_coherent(
+    ledger: Ledger,
+    counts: dict[str, dict[str, int]],
+    shape: Shape,
+    *,
+    bounded: frozenset[tuple[int, str]] = frozenset(),
+) -> None:
+    """0 violations, except for (gateway, phase) pairs held to the degraded bound instead."""
     bad = {k: v for k, v in ledger.codes.items() if "INTERNAL" in k or "UNKNOWN" in k}
     assert bad == {}, ledger.codes
     assert ledger.codes.get("read UNAVAILABLE", 0) == 0, ledger.codes
     assert len(ledger.reads) > shape.readers * 5
-    for key, bucket in counts.items():
+    for gateway in (0, 1):
+        bucket = counts.get(f"gateway{gateway}", {})
         for p in ("before", "during", "after"):
-            assert bucket.get(f"violations_{p}", 0) == 0, (key, bucket)
+            if (gateway, p) not in bounded:
+                assert bucket.get(f"violations_{p}", 0) == 0, (gateway, bucket)
 
 
 # -- the scenarios -----------------------------------------------------------------------
@@ -291,10 +301,10 @@ def assert_coherent(ledger: Ledger, counts: dict[str, dict[str, int]], shape: Sh
 async def scenario_redis_up(rig: Rig, shape: Shape, title: str) -> None:
     phases = Phases(fault_start=float("inf"))
 
-    async def nothing() -> None:
-        return None
+    async def steady() -> None:
+        await asyncio.sleep(shape.fault_for)
 
-    ledger = await workload(rig, shape, nothing)
+    ledger = await workload(rig, shape, steady)
     counts = report(title, ledger, phases, rig)
     assert_coherent(ledger, counts, shape)
     # Both gateways answered, from memory too: the check is not vacuous.
@@ -302,29 +312,28 @@ async def scenario_redis_up(rig: Rig, shape: Shape, title: str) -> None:
     assert any(r.served_from == pb.SERVED_FROM_IN_PROCESS for r in ledger.reads)
 
 
+def assert_recovered(counts: dict[str, dict[str, int]]) -> None:
+    for gateway in (0, 1):
+        assert counts.get(f"gateway{gateway}", {}).get("reads_after", 0) > 0, counts
+
+
 async def scenario_partition(rig: Rig, shape: Shape, title: str) -> None:
     assert rig.proxy is not None
     proxy = rig.proxy
     phases = Phases()
-    healer: list[asyncio.Task[None]] = []
 
     async def partition() -> None:
         phases.fault_start = time.monotonic()
         await asyncio.to_thread(proxy.blackhole)
-
-        async def heal() -> None:
-            await asyncio.sleep(shape.fault_for)
-            await asyncio.to_thread(proxy.resume)
-            await recover(rig, phases)
-
-        healer.append(asyncio.create_task(heal()))
+        await asyncio.sleep(shape.fault_for)
+        await asyncio.to_thread(proxy.resume)
+        await recover(rig, phases)
 
     ledger = await workload(rig, shape, partition)
-    await healer[0]
     counts = report(title, ledger, phases, rig)
-    assert_coherent(ledger, counts, shape)
-    connected = counts.get(f"gateway{CONNECTED}", {})
-    assert connected.get("reads_during", 0) > 0
+    assert_coherent(ledger, counts, shape, bounded=frozenset({(PARTITIONED, "during")}))
+    assert_recovered(counts)
+    assert counts.get(f"gateway{CONNECTED}", {}).get("reads_during", 0) > 0
     # The connected gateway hears every save the store made, confirmed or not.
     stale = [r.missed_any for r in ledger.reads if r.gateway == CONNECTED]
     assert max(stale, default=0.0) <= SLACK_SECONDS, max(stale)
@@ -336,25 +345,20 @@ async def scenario_redis_killed(rig: Rig, shape: Shape, title: str) -> None:
     redis = rig.redis
     assert isinstance(redis, RedisServer)
     phases = Phases()
-    healer: list[asyncio.Task[None]] = []
 
     async def kill() -> None:
         phases.fault_start = time.monotonic()
         await asyncio.to_thread(redis.stop)
-
-        async def heal() -> None:
-            await asyncio.sleep(shape.fault_for)
-            await asyncio.to_thread(redis.start)
-            await recover(rig, phases)
-
-        healer.append(asyncio.create_task(heal()))
+        await asyncio.sleep(shape.fault_for)
+        await asyncio.to_thread(redis.start)
+        await recover(rig, phases)
 
     ledger = await workload(rig, shape, kill)
-    await healer[0]
     counts = report(title, ledger, phases, rig)
-    assert_coherent(ledger, counts, shape)
+    assert_coherent(ledger, counts, shape, bounded=frozenset({(0, "during"), (1, "during")}))
+    assert_recovered(counts)
     during = [
-        r.missed_any for r in ledger.reads if phases.fault_start <= r.started < phases.recovered
+        r.missed_any for r in ledger.reads if phases.fault_start <= r.started < phases.fault_end
     ]
     assert max(during, default=0.0) <= rig.bound + SLACK_SECONDS, max(during)
 
@@ -363,9 +367,7 @@ async def scenario_redis_killed(rig: Rig, shape: Shape, title: str) -> None:
 
 
 @pytest.fixture
-async def single(
-    database_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[Rig]:
+async def single(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Rig]:
     workdir = tmp_path_factory.mktemp("coherence")
     server = RedisServer(workdir / "redis")
     server.start()
