@@ -177,7 +177,7 @@ class RedisSettings(_Base):
     redis_ttl_seconds: int = Field(default=604_800, ge=1)
     # Braces would move the keys' hash tags (every key of an artist shares one slot).
     redis_key_prefix: str = Field(
-        default="stylebase:cg", min_length=1, max_length=64, pattern=r"^[^{}\s]+$"
+        default="stylebase:cg", min_length=1, max_length=64, pattern=r"^[^{}]+$"
     )
     # Connect and socket timeout of every Redis call: the longest a request waits on Redis.
     redis_timeout_seconds: float = Field(default=0.25, gt=0, le=10)

@@ -25,8 +25,9 @@ class RedisTier:
     """Keys (see shared.cache.keys): the marker P:{tag}:m:<artist> and the entry
     P:{tag}:e:<artist> (hash v, d, f) of each artist, P:reads, P:gateways."""
 
-    def __init__(self, settings: RedisSettings) -> None:
+    def __init__(self, settings: RedisSettings, *, max_ranked: int = MAX_RANKED) -> None:
         self.keys = Keys(settings.redis_key_prefix)
+        self.max_ranked = max_ranked
         self.ttl = settings.redis_ttl_seconds
         self.client: Client = connect(settings)
         self._fill = script(self.client, "fill")
@@ -72,7 +73,7 @@ class RedisTier:
         pipe = self.client.pipeline(transaction=False)
         for name, count in counts.items():
             pipe.zincrby(self.keys.reads, count, name)
-        pipe.zremrangebyrank(self.keys.reads, 0, -(MAX_RANKED + 1))
+        pipe.zremrangebyrank(self.keys.reads, 0, -(self.max_ranked + 1))
         await pipe.execute()
 
     async def most_read(self, n: int) -> list[str]:

@@ -72,7 +72,7 @@ class Authority:
         message = Message(uuid.uuid4().hex, self.inbox, list(drops))
         try:
             async with asyncio.timeout(max(0.0, budget - _MARGIN_SECONDS)):
-                await self._drop(drops)
+                await self.drop(drops)
                 members = await self._live(keys=[self.keys.gateways], args=[self.live_window])
                 live = {_text(m) for m in members}
                 if not live:
@@ -97,7 +97,8 @@ class Authority:
         finally:
             self._waiting.pop(message.id, None)
 
-    async def _drop(self, drops: Sequence[Drop]) -> None:
+    async def drop(self, drops: Sequence[Drop]) -> None:
+        """Raise the markers and drop older copies in Redis (no message, no waiting)."""
         # EVAL rather than EVALSHA: a pipeline cannot reload a script Redis lost on restart.
         pipe = self.client.pipeline(transaction=False)
         for drop in drops:

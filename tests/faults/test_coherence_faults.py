@@ -14,6 +14,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import asyncpg
 import grpc
@@ -63,11 +64,9 @@ class Rig:
 
 
 async def start_rig(
-    database_url: str, workdir: object, redis: RedisServer | RedisCluster
+    database_url: str, workdir: Path, redis: RedisServer | RedisCluster
 ) -> AsyncIterator[Rig]:
-    from pathlib import Path
-
-    base = Path(str(workdir))
+    base = workdir
     proxy: FaultProxy | None = None
     direct = redis.url
     through = direct
@@ -81,10 +80,7 @@ async def start_rig(
     a = ServiceProcess("cache_gateway", {}, log_path=base / "gateway-a.log")
     b = ServiceProcess("cache_gateway", {}, log_path=base / "gateway-b.log")
     store = Store(
-        database_url,
-        a.target,
-        base,
-        {**common, "REDIS_URL": direct, "CACHE_INVALIDATION_TIMEOUT_MS": "1000"},
+        database_url, base, {**common, "REDIS_URL": direct, "CACHE_INVALIDATION_TIMEOUT_MS": "1000"}
     )
     a.env = service_env(
         database_url, {**common, "REDIS_URL": through, "PROFILE_STORE_TARGET": store.process.target}
@@ -98,6 +94,13 @@ async def start_rig(
     try:
         for gateway in gateways:
             await until(lambda g=gateway: redis_serving(g), within=30)  # type: ignore[misc]
+        name = unique("Ready")
+
+        async def confirmed() -> bool:
+            return bool((await store.save_reply(profile(name))).cache_invalidated)
+
+        # The store listens for acknowledgements and both gateways are registered.
+        await until(confirmed, within=30, every=0.2)
         yield rig
     finally:
         for gateway in gateways:
