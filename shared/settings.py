@@ -173,6 +173,9 @@ class RedisSettings(_Base):
     redis_url: str | None = None
     # REDIS_URL names one node of a Redis Cluster; the others are discovered.
     redis_cluster: bool = False
+    # Where to reach cluster nodes that announce addresses this process cannot use (NAT, a
+    # proxy): "announced-host:port=reachable-host:port,..."; empty: as announced.
+    redis_cluster_address_map: str = ""
     # TTL of cached entries; markers carry none (under volatile-lru they are never evicted).
     redis_ttl_seconds: int = Field(default=604_800, ge=1)
     # Braces would move the keys' hash tags (every key of an artist shares one slot).
@@ -192,6 +195,25 @@ class RedisSettings(_Base):
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
+
+    @field_validator("redis_cluster_address_map")
+    @classmethod
+    def _address_map(cls, value: str) -> str:
+        for pair in filter(None, (p.strip() for p in value.split(","))):
+            announced, _, reachable = pair.partition("=")
+            for address in (announced, reachable):
+                host, _, port = address.rpartition(":")
+                if not host or not port.isdigit():
+                    raise ValueError(f"{pair!r} is not host:port=host:port")
+        return value
+
+    def redis_cluster_addresses(self) -> dict[tuple[str, int], tuple[str, int]]:
+        def address(text: str) -> tuple[str, int]:
+            host, _, port = text.strip().rpartition(":")
+            return host, int(port)
+
+        pairs = [p.partition("=") for p in self.redis_cluster_address_map.split(",") if p.strip()]
+        return {address(a): address(b) for a, _, b in pairs}
 
     @property
     def redis_detect_seconds(self) -> float:

@@ -55,6 +55,7 @@ class RedisLink:
         self.breaker = Breaker(breaker_seconds)
         self.interval = settings.redis_health_interval_seconds
         self.detect = settings.redis_detect_seconds
+        self.connect_timeout = 8 * settings.redis_timeout_seconds + 1.0
         self.on_state = on_state
         self.on_recovered = on_recovered
         self.member = f"gw-{uuid.uuid4().hex[:12]}"
@@ -135,11 +136,13 @@ class RedisLink:
                     continue
                 await asyncio.sleep(self.breaker.wait(time.monotonic()))
                 try:
-                    await self._connect()
+                    # Bounded as a whole: a frozen peer must not hold the monitor.
+                    async with asyncio.timeout(self.connect_timeout):
+                        await self._connect()
                 except FAILURES as exc:
                     # Counted apart: these are the breaker's probes, not requests.
                     self.stats.error("redis_reconnect")
-                    log.debug("Redis still unreachable: %s", exc)
+                    log.info("Redis still unreachable: %s", exc or type(exc).__name__)
                     self.breaker.trip(time.monotonic())
                     await self._stop_listener()
                     continue
@@ -161,7 +164,9 @@ class RedisLink:
         if self._listener is None or self._listener.done():
             self.fail(RedisConnectionError("the subscription was lost"))
             return
-        if sent - max(self._confirmed, self._connected_at) > self.detect + self.interval:
+        # Degraded already (see coherent); reconnecting, which starts cold, waits longer so
+        # that a briefly loaded event loop does not flush the tier.
+        if sent - max(self._confirmed, self._connected_at) > 2 * self.detect + self.interval:
             self.fail(RedisConnectionError("the subscription went silent"))
             return
         try:

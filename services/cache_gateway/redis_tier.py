@@ -43,9 +43,10 @@ class RedisTier:
     async def reset(self) -> None:
         """Drop pooled connections: after a Redis restart each would fail once on use."""
         if isinstance(self.client, RedisCluster):
-            await self.client.aclose()
+            # Also forgets the slot map: the next command rediscovers the nodes.
+            await asyncio.wait_for(self.client.aclose(), 1.0)
         else:
-            await self.client.connection_pool.disconnect()
+            await asyncio.wait_for(self.client.connection_pool.disconnect(), 1.0)
 
     async def heartbeat(self, member: str, *, forget: float) -> None:
         await self._heartbeat(keys=[self.keys.gateways], args=[member, forget])

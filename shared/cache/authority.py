@@ -46,7 +46,9 @@ class Authority:
         self.member = f"store-{uuid.uuid4().hex[:12]}"
         self.inbox = self.keys.inbox(self.member)
         self.interval = settings.redis_health_interval_seconds
-        self.detect = settings.redis_detect_seconds
+        # Silent this long, the inbox subscription is reopened. Lenient: a loaded event loop
+        # must not drop acknowledgements in flight; correctness never depends on it.
+        self.silence = 2 * settings.redis_live_seconds
         self.live_window = settings.redis_live_seconds
         self.subscriber = Subscriber(settings, self.client)
         lua = resources.files("shared.cache") / "lua"
@@ -54,11 +56,13 @@ class Authority:
         self._live = script(self.client, "live")
         # Monotonic time of the last ping that came back through the inbox subscription.
         self._heard = float("-inf")
+        self._subscribed = False
         self._waiting: dict[str, tuple[set[str], asyncio.Event]] = {}
 
     @property
     def listening(self) -> bool:
-        return time.monotonic() - self._heard < self.detect
+        """Subscribed to the inbox, and a ping came back through it."""
+        return self._subscribed and self._heard > float("-inf")
 
     async def close(self) -> None:
         await self.subscriber.close()
@@ -113,12 +117,14 @@ class Authority:
                 pubsub = await self.subscriber.open(self.inbox)
                 await warn_if_markers_evictable(self.client)
                 listener = asyncio.create_task(self._listen(pubsub))
+                self._heard = float("-inf")
+                self._subscribed = True
                 opened = time.monotonic()
                 while not listener.done():
                     await self.client.publish(self.inbox, _PING)
                     await asyncio.wait({listener}, timeout=self.interval)
                     silent = time.monotonic() - max(self._heard, opened)
-                    if silent > self.detect:
+                    if silent > self.silence:
                         raise TimeoutError("the inbox subscription went silent")
                 listener.result()
             except asyncio.CancelledError:
@@ -126,6 +132,7 @@ class Authority:
             except FAILURES as exc:
                 log.warning("store's Redis subscription lost (%s); reconnecting", error_kind(exc))
             finally:
+                self._subscribed = False
                 if listener is not None:
                     listener.cancel()
                     await asyncio.wait({listener}, timeout=1.0)

@@ -17,7 +17,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.settings import RedisSettings
@@ -25,8 +25,9 @@ from shared.settings import RedisSettings
 log = logging.getLogger(__name__)
 
 Client = Redis | RedisCluster
-# What every Redis call of this package may raise when Redis cannot be used.
-FAILURES = (RedisError, OSError, TimeoutError)
+# What every Redis call of this package may raise when Redis cannot be used (a cluster
+# with no reachable node raises RedisClusterException, which is no RedisError).
+FAILURES = (RedisError, RedisClusterException, OSError, TimeoutError)
 # Policies under which Redis may evict keys without a TTL: the markers.
 _EVICTS_MARKERS = ("allkeys-lru", "allkeys-lfu", "allkeys-random")
 
@@ -34,7 +35,7 @@ _EVICTS_MARKERS = ("allkeys-lru", "allkeys-lfu", "allkeys-random")
 def error_kind(exc: BaseException) -> str:
     if isinstance(exc, RedisTimeoutError | TimeoutError):
         return "redis_timeout"
-    if isinstance(exc, RedisConnectionError | OSError):
+    if isinstance(exc, RedisConnectionError | OSError | RedisClusterException):
         return "redis_connection"
     return "redis_error"
 
@@ -50,6 +51,9 @@ def connect(settings: RedisSettings) -> Client:
         "decode_responses": False,
     }
     if settings.redis_cluster:
+        remap = settings.redis_cluster_addresses()
+        if remap:
+            options["address_remap"] = lambda address: remap.get(address, address)
         return RedisCluster.from_url(settings.redis_url, **options)
     return Redis.from_url(settings.redis_url, **options)
 

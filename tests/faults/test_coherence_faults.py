@@ -56,7 +56,8 @@ class Rig:
     """Gateway 0 reaches Redis through a proxy (the one the store is pinned to before)."""
 
     redis: RedisServer | RedisCluster
-    proxy: FaultProxy | None
+    # Between gateway 0 and each Redis node.
+    proxies: list[FaultProxy]
     store: Store
     gateways: list[ServiceProcess]
     database_url: str
@@ -67,30 +68,39 @@ async def start_rig(
     database_url: str, workdir: Path, redis: RedisServer | RedisCluster
 ) -> AsyncIterator[Rig]:
     base = workdir
-    proxy: FaultProxy | None = None
-    direct = redis.url
-    through = direct
     cluster = isinstance(redis, RedisCluster)
-    if not cluster:
-        proxy = FaultProxy(redis.port).start()
-        through = f"redis://{proxy.address}/0"
+    ports = redis.ports if isinstance(redis, RedisCluster) else [redis.port]
+    proxies = [FaultProxy(port).start() for port in ports]
+    direct = redis.url
+    through = f"redis://{proxies[0].address}/0"
     common = {**GATEWAY_ENV, "REDIS_KEY_PREFIX": unique("coh").replace(" ", "-")}
+    partitioned: dict[str, str] = {}
     if cluster:
         common["REDIS_CLUSTER"] = "true"
+        # The nodes announce their own addresses; gateway 0 reaches each through its proxy.
+        partitioned["REDIS_CLUSTER_ADDRESS_MAP"] = ",".join(
+            f"127.0.0.1:{port}={proxy.address}" for port, proxy in zip(ports, proxies, strict=True)
+        )
     a = ServiceProcess("cache_gateway", {}, log_path=base / "gateway-a.log")
     b = ServiceProcess("cache_gateway", {}, log_path=base / "gateway-b.log")
     store = Store(
         database_url, base, {**common, "REDIS_URL": direct, "CACHE_INVALIDATION_TIMEOUT_MS": "1000"}
     )
     a.env = service_env(
-        database_url, {**common, "REDIS_URL": through, "PROFILE_STORE_TARGET": store.process.target}
+        database_url,
+        {
+            **common,
+            **partitioned,
+            "REDIS_URL": through,
+            "PROFILE_STORE_TARGET": store.process.target,
+        },
     )
     b.env = service_env(
         database_url, {**common, "REDIS_URL": direct, "PROFILE_STORE_TARGET": store.process.target}
     )
     store.start()
     gateways = [a.start(), b.start()]
-    rig = Rig(redis, proxy, store, gateways, database_url, Settings().staleness_bound_seconds)
+    rig = Rig(redis, proxies, store, gateways, database_url, Settings().staleness_bound_seconds)
     try:
         for gateway in gateways:
             await until(lambda g=gateway: redis_serving(g), within=30)  # type: ignore[misc]
@@ -106,7 +116,7 @@ async def start_rig(
         for gateway in gateways:
             gateway.stop()
         await store.close()
-        if proxy is not None:
+        for proxy in proxies:
             proxy.stop()
 
 
@@ -321,15 +331,15 @@ def assert_recovered(counts: dict[str, dict[str, int]]) -> None:
 
 
 async def scenario_partition(rig: Rig, shape: Shape, title: str) -> None:
-    assert rig.proxy is not None
-    proxy = rig.proxy
     phases = Phases()
 
     async def partition() -> None:
         phases.fault_start = time.monotonic()
-        await asyncio.to_thread(proxy.blackhole)
+        for proxy in rig.proxies:
+            await asyncio.to_thread(proxy.blackhole)
         await asyncio.sleep(shape.fault_for)
-        await asyncio.to_thread(proxy.resume)
+        for proxy in rig.proxies:
+            await asyncio.to_thread(proxy.resume)
         await recover(rig, phases)
 
     ledger = await workload(rig, shape, partition)
@@ -411,6 +421,10 @@ async def test_fast_cluster_gateways_stay_coherent(clustered: Rig) -> None:
     await scenario_redis_up(clustered, FAST, "fast cluster redis up")
 
 
+async def test_fast_cluster_partitioned_gateway_stays_within_its_bound(clustered: Rig) -> None:
+    await scenario_partition(clustered, FAST, "fast cluster partition")
+
+
 @pytest.mark.faults
 async def test_two_gateways_stay_coherent_while_redis_is_up(single: Rig) -> None:
     await scenario_redis_up(single, FULL, "redis up")
@@ -431,3 +445,8 @@ async def test_partitioned_gateway_stays_within_its_bound_and_the_other_coherent
 @pytest.mark.faults
 async def test_cluster_gateways_stay_coherent_while_redis_is_up(clustered: Rig) -> None:
     await scenario_redis_up(clustered, FULL, "cluster redis up")
+
+
+@pytest.mark.faults
+async def test_cluster_partitioned_gateway_stays_within_its_bound(clustered: Rig) -> None:
+    await scenario_partition(clustered, FULL, "cluster partition")
