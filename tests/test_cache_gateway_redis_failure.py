@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+import subprocess
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.asyncio as redis
 
+from services.cache_gateway.app import REDIS_HEALTH_NAME
 from shared.cache.keys import Keys
 from shared.embedded.redis import RedisServer
 from stylebase.cache_gateway.v1 import cache_gateway_service_pb2 as pb
@@ -25,6 +29,8 @@ from tests.cache_gateway_support import (
     unique,
     until,
 )
+from tests.harness import ServiceProcess, service_env, wait_serving
+from tests.profile_store_support import unused_target
 
 PREFIX = "test:failure"
 KEYS = Keys(PREFIX)
@@ -193,3 +199,41 @@ async def _holds(raw: redis.Redis, name: str, version: int | None) -> bool:
     if b"v" not in found:
         return False
     return version is None or int(found[b"v"]) == version
+
+
+async def test_a_gateway_process_whose_redis_froze_still_exits_on_sigterm(
+    database_url: str, tmp_path: Path
+) -> None:
+    frozen = RedisServer(tmp_path / "redis")
+    frozen.start()
+    env = {
+        "REDIS_URL": frozen.url,
+        "REDIS_KEY_PREFIX": unique("test:exit"),
+        "PROFILE_STORE_TARGET": unused_target(),
+        "LOG_LEVEL": "INFO",
+        "LOG_FORMAT": "text",
+    }
+    process = ServiceProcess(
+        "cache_gateway", service_env(database_url, env), log_path=tmp_path / "gateway.log"
+    ).start()
+    assert process.process is not None and frozen._proc is not None
+    try:
+        wait_serving(process.target, service=REDIS_HEALTH_NAME)
+        os.kill(frozen._proc.pid, signal.SIGSTOP)
+        # Long enough for the monitor to be inside a reconnect attempt or a subscriber wait.
+        await asyncio.sleep(2.0)
+        process.process.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(_exit_code, process.process, 30.0)
+    finally:
+        os.kill(frozen._proc.pid, signal.SIGCONT)
+        process.stop()
+        frozen.stop()
+
+    assert code is not None, "the gateway did not exit within 30 s of SIGTERM"
+
+
+def _exit_code(process: subprocess.Popen[bytes], timeout: float) -> int | None:
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        return None

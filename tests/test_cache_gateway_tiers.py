@@ -3,8 +3,10 @@ hash slot per artist, a bounded read ranking, the LRU bounds."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +17,7 @@ from services.cache_gateway.codec import decode, encode
 from services.cache_gateway.memory import Entry, MemoryTier
 from services.cache_gateway.redis_tier import RedisTier
 from shared.cache.authority import Authority
+from shared.cache.client import warn_if_markers_evictable
 from shared.cache.keys import Keys
 from shared.cache.protocol import Drop
 from shared.embedded.redis import RedisServer
@@ -150,3 +153,30 @@ def test_in_process_fill_is_refused_below_the_floor_or_after_a_flush() -> None:
     assert (refused_old, refused_flushed, accepted) == (False, False, True)
     assert memory.get("a", 0, now=0.0, max_age=60) is not None
     assert memory.get("a", 6, now=0.0, max_age=60) is None
+
+
+def test_a_malformed_cluster_address_map_is_refused() -> None:
+    with pytest.raises(ValueError, match="host:port=host:port"):
+        RedisSettings(redis_cluster_address_map="10.0.0.1:7000=proxy")
+    mapped = RedisSettings(redis_cluster_address_map="10.0.0.1:7000=proxy:17000, a:1=b:2")
+
+    assert mapped.redis_cluster_addresses() == {
+        ("10.0.0.1", 7000): ("proxy", 17000),
+        ("a", 1): ("b", 2),
+    }
+
+
+async def test_a_redis_that_may_evict_markers_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = RedisServer(tmp_path, extra_args=["--maxmemory-policy", "allkeys-lru"])
+    server.start()
+    client = Redis.from_url(server.url)
+    try:
+        with caplog.at_level(logging.WARNING, logger="shared.cache.client"):
+            await warn_if_markers_evictable(client)
+    finally:
+        await client.aclose()
+        server.stop()
+
+    assert "allkeys-lru" in caplog.text and "volatile-lru" in caplog.text

@@ -200,6 +200,10 @@ class RedisLink:
             task.cancel()
             # Never awaited directly: waiting must not swallow this task's own cancellation.
             await asyncio.wait({task}, timeout=_STOP_SECONDS)
+            if not task.done():
+                # Still unwinding on a frozen connection: keep a reference until it ends.
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
         await self.subscriber.close()
 
     def _spawn(self, work: Awaitable[Any]) -> None:
