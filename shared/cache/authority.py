@@ -90,12 +90,11 @@ class Authority:
                 await pending[1].wait()
             return True
         except FAILURES as exc:
-            left = self._waiting.get(message.id, (set(), None))[0]
+            waiting = self._waiting.get(message.id)
             log.info(
-                "invalidation of %d profiles not confirmed (%s; %d gateways silent)",
+                "invalidation of %d profiles not confirmed (%s)",
                 len(drops),
-                error_kind(exc),
-                len(left),
+                f"{len(waiting[0])} gateways silent" if waiting is not None else error_kind(exc),
             )
             return False
         finally:
