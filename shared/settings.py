@@ -166,9 +166,26 @@ class ServiceSettings(DatabaseSettings, EndpointSettings, LogSettings, Observabi
 
 
 class RedisSettings(_Base):
-    # Unset: the cache gateway runs with its in-process tier only.
+    """Redis as the profile store and the cache gateways share it: one key layout, one clock."""
+
+    # Unset: no Redis. The store then invalidates nothing and the gateways keep in-process
+    # copies for CACHE_DEGRADED_TTL_SECONDS only.
     redis_url: str | None = None
+    # REDIS_URL names one node of a Redis Cluster; the others are discovered.
+    redis_cluster: bool = False
+    # Where to reach cluster nodes that announce addresses this process cannot use (NAT, a
+    # proxy): "announced-host:port=reachable-host:port,..."; empty: as announced.
+    redis_cluster_address_map: str = ""
+    # TTL of cached entries; markers carry none (under volatile-lru they are never evicted).
     redis_ttl_seconds: int = Field(default=604_800, ge=1)
+    # Braces would move the keys' hash tags (every key of an artist shares one slot).
+    redis_key_prefix: str = Field(
+        default="stylebase:cg", min_length=1, max_length=64, pattern=r"^[^{}]+$"
+    )
+    # Connect and socket timeout of every Redis call: the longest a request waits on Redis.
+    redis_timeout_seconds: float = Field(default=0.25, gt=0, le=10)
+    # How often a gateway registers itself and checks its subscription with a ping.
+    redis_health_interval_seconds: float = Field(default=0.25, gt=0, le=60)
 
     @field_validator("redis_url")
     @classmethod
@@ -178,6 +195,38 @@ class RedisSettings(_Base):
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
+
+    @field_validator("redis_cluster_address_map")
+    @classmethod
+    def _address_map(cls, value: str) -> str:
+        for pair in filter(None, (p.strip() for p in value.split(","))):
+            announced, _, reachable = pair.partition("=")
+            for address in (announced, reachable):
+                host, _, port = address.rpartition(":")
+                if not host or not port.isdigit():
+                    raise ValueError(f"{pair!r} is not host:port=host:port")
+        return value
+
+    def redis_cluster_addresses(self) -> dict[tuple[str, int], tuple[str, int]]:
+        def address(text: str) -> tuple[str, int]:
+            host, _, port = text.strip().rpartition(":")
+            return host, int(port)
+
+        pairs = [p.partition("=") for p in self.redis_cluster_address_map.split(",") if p.strip()]
+        return {address(a): address(b) for a, _, b in pairs}
+
+    @property
+    def redis_detect_seconds(self) -> float:
+        """A gateway whose last ping came back longer ago than this serves in degraded mode."""
+        return 2 * self.redis_health_interval_seconds + self.redis_timeout_seconds
+
+    @property
+    def redis_live_seconds(self) -> float:
+        """The store waits for the acknowledgement of gateways heard within this window.
+
+        Longer than redis_detect_seconds: a gateway the store stops waiting for has already
+        stopped trusting its in-process copies."""
+        return 4 * self.redis_health_interval_seconds + 2 * self.redis_timeout_seconds
 
 
 class StackSettings(DatabaseSettings, EndpointSettings, LogSettings, RedisSettings):

@@ -72,17 +72,21 @@ async def until(check: Callable[[], Any], *, within: float = 20.0, every: float 
         await asyncio.sleep(every)
 
 
+def redis_env(url: str, prefix: str) -> dict[str, str]:
+    """What the store and the gateways must share: Redis and the key prefix."""
+    return {"REDIS_URL": url, "REDIS_KEY_PREFIX": prefix}
+
+
 class Store:
-    """A real profile store process whose invalidations go to gateway_target."""
+    """A real profile store process; it invalidates through the Redis given in extra."""
 
     def __init__(
         self,
         database_url: str,
-        gateway_target: str,
         log_dir: Path,
         extra: dict[str, str] | None = None,
     ) -> None:
-        env = service_env(database_url, {"CACHE_GATEWAY_TARGET": gateway_target, **(extra or {})})
+        env = service_env(database_url, extra)
         self.process = ServiceProcess("profile_store", env, log_path=log_dir / "store.log")
         self.channel: grpc.aio.Channel | None = None
 

@@ -19,58 +19,82 @@ import pytest
 from sqlalchemy import text
 
 from services.profile_store.app import ProfileStore, Settings, assemble
+from shared.cache.client import Subscriber, connect, script
+from shared.cache.keys import Keys
+from shared.cache.protocol import Drop, Message, ack
 from shared.db.engine import Database
 from shared.embedded.ports import free_port
-from shared.grpc.server import RunningServer, ServiceDefinition, start_server, stop_server
-from stylebase.cache_gateway.v1 import cache_gateway_service_pb2 as gateway_pb
-from stylebase.cache_gateway.v1 import cache_gateway_service_pb2_grpc as gateway_grpc
+from shared.grpc.server import RunningServer, start_server, stop_server
+from shared.settings import RedisSettings
 from stylebase.common.v1 import common_pb2
 from stylebase.profile_store.v1 import profile_store_service_pb2_grpc as pb_grpc
 
 
-class RecordingGateway(gateway_grpc.CacheGatewayServiceServicer):
-    """A cache gateway over real gRPC that records InvalidateProfile and can be told to fail."""
+class RecordingGateway:
+    """A gateway as the store sees one, over real Redis: registered in the gateways set,
+    subscribed to invalidations, recording them and acknowledging unless told not to."""
 
-    def __init__(self) -> None:
-        self.calls: list[gateway_pb.InvalidateProfileRequest] = []
-        self.fail_with: grpc.StatusCode | None = None
+    def __init__(self, settings: RedisSettings) -> None:
+        self.settings = settings
+        self.client = connect(settings)
+        self.keys = Keys(settings.redis_key_prefix)
+        self.member = f"recorder-{uuid.uuid4().hex[:8]}"
+        self.calls: list[Drop] = []
+        self.silent = False
         self.delay = 0.0
+        self._heartbeat = script(self.client, "heartbeat")
+        self._subscriber = Subscriber(settings, self.client)
+        self._tasks: list[asyncio.Task[None]] = []
 
-    async def InvalidateProfile(
-        self, request: gateway_pb.InvalidateProfileRequest, context: Any
-    ) -> gateway_pb.InvalidateProfileResponse:
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        if self.fail_with is not None:
-            await context.abort(self.fail_with, "told to fail")
-        self.calls.append(request)
-        return gateway_pb.InvalidateProfileResponse(redis_invalidated=True)
+    async def start(self) -> RecordingGateway:
+        pubsub = await self._subscriber.open(self.keys.channel)
+        await self._beat_once()
+        self._tasks = [asyncio.create_task(self._listen(pubsub)), asyncio.create_task(self._beat())]
+        return self
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=2)
+        await self.client.zrem(self.keys.gateways, self.member)
+        await self._subscriber.close()
+        await self.client.aclose()
+
+    async def _beat_once(self) -> None:
+        await self._heartbeat(keys=[self.keys.gateways], args=[self.member, 30])
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.redis_health_interval_seconds / 2)
+            await self._beat_once()
+
+    async def _listen(self, pubsub: Any) -> None:
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+            if message is None:
+                continue
+            body = Message.decode(message["data"])
+            self.calls.extend(body.drops)
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            if not self.silent:
+                await self.client.publish(body.reply_to, ack(body.id, self.member))
 
     def reset(self) -> None:
         self.calls.clear()
-        self.fail_with = None
+        self.silent = False
         self.delay = 0.0
 
-    def calls_for(self, name: str) -> list[gateway_pb.InvalidateProfileRequest]:
-        return [c for c in self.calls if c.artist_name == name]
-
-
-async def start_gateway(recorder: RecordingGateway, port: int = 0) -> RunningServer:
-    definition = ServiceDefinition(
-        name="recording-gateway",
-        full_names=["stylebase.cache_gateway.v1.CacheGatewayService"],
-        register=lambda server: gateway_grpc.add_CacheGatewayServiceServicer_to_server(
-            recorder, server
-        ),
-    )
-    return await start_server(f"127.0.0.1:{port}", definition)
+    def calls_for(self, name: str) -> list[Drop]:
+        return [c for c in self.calls if c.name == name]
 
 
 @dataclass
 class Store:
     stub: pb_grpc.ProfileStoreServiceAsyncStub
     parts: ProfileStore
-    gateway: RecordingGateway
+    gateway: RecordingGateway | None
     running: RunningServer
     channel: grpc.aio.Channel
     extra: dict[str, Any] = field(default_factory=dict)
@@ -80,18 +104,14 @@ class Store:
         return self.parts.db
 
 
-async def open_store(
-    database_url: str, gateway_target: str, gateway: RecordingGateway, **settings: Any
-) -> Store:
-    config = Settings(
-        POSTGRES_DATABASE_URL=database_url,
-        cache_gateway_target=gateway_target,
-        db_pool_size=10,
-        **settings,
-    )
+async def open_store(database_url: str, gateway: RecordingGateway | None, **settings: Any) -> Store:
+    config = Settings(POSTGRES_DATABASE_URL=database_url, db_pool_size=10, **settings)
     parts = assemble(config)
-    # Tests drive the relay themselves, so recorded calls come only from what they do.
+    # Tests drive the relay themselves, so recorded calls come only from what they do; the
+    # store still listens for the gateways' acknowledgements.
     parts.definition.background.clear()
+    if parts.invalidator.authority is not None:
+        parts.definition.background.append(parts.invalidator.authority.run)
     running = await start_server("127.0.0.1:0", parts.definition)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
     return Store(pb_grpc.ProfileStoreServiceStub(channel), parts, gateway, running, channel)
@@ -104,21 +124,24 @@ async def close_store(store: Store) -> None:
 
 @asynccontextmanager
 async def running_store(database_url: str, **settings: Any) -> AsyncIterator[Store]:
-    """The store in this process, talking to a recording gateway; each module opens one."""
-    # Only InvalidateProfile is recorded; the other gateway RPCs stay unimplemented.
-    recorder = RecordingGateway()  # type: ignore[abstract]
-    gateway = await start_gateway(recorder)
-    opened = await open_store(database_url, f"127.0.0.1:{gateway.port}", recorder, **settings)
+    """The store in this process; each module opens one. With redis_url, a recording
+    gateway listens on that Redis."""
+    recorder = None
+    if settings.get("redis_url"):
+        recorder = await RecordingGateway(RedisSettings(**settings)).start()
+    opened = await open_store(database_url, recorder, **settings)
     try:
         yield opened
     finally:
         await close_store(opened)
-        await stop_server(gateway, grace=0)
+        if recorder is not None:
+            await recorder.stop()
 
 
 def fresh_store(store: Store) -> Store:
     """The store over tables clean_db has just emptied, with a gateway that answers."""
-    store.gateway.reset()
+    if store.gateway is not None:
+        store.gateway.reset()
     return store
 
 

@@ -10,6 +10,7 @@ import grpc
 import pytest
 import redis.asyncio as redis
 
+from shared.cache.keys import Keys
 from shared.embedded.redis import RedisServer
 from shared.grpc.status import error_info
 from stylebase.cache_gateway.v1 import cache_gateway_service_pb2 as pb
@@ -20,11 +21,13 @@ from tests.cache_gateway_support import (
     gateway_port,
     open_gateway,
     profile,
+    redis_env,
     unique,
 )
 
 TTL = 3600
 PREFIX = "test:read"
+KEYS = Keys(PREFIX)
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +37,10 @@ def port() -> int:
 
 @pytest.fixture(scope="module")
 def store(
-    database_url: str, port: int, tmp_path_factory: pytest.TempPathFactory
+    database_url: str, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Store]:
-    opened = Store(database_url, f"127.0.0.1:{port}", tmp_path_factory.mktemp("store")).start()
+    extra = redis_env(redis_server.url, PREFIX)
+    opened = Store(database_url, tmp_path_factory.mktemp("store"), extra).start()
     yield opened
     opened.process.stop()
 
@@ -62,13 +66,8 @@ async def raw(redis_server: RedisServer) -> AsyncIterator[redis.Redis]:
     await client.aclose()
 
 
-async def generation(raw: redis.Redis) -> int:
-    value: Any = await raw.get(f"{PREFIX}:gen")
-    return int(value)
-
-
 async def entry(raw: redis.Redis, name: str) -> dict[bytes, bytes]:
-    found: Any = await raw.hgetall(f"{PREFIX}:{await generation(raw)}:p:{name}")
+    found: Any = await raw.hgetall(KEYS.entry(name))
     return dict(found)
 
 
@@ -107,7 +106,7 @@ async def test_redis_entries_carry_the_configured_ttl(
     await store.save(profile(name))
     await gw.get(name)
 
-    ttl = await raw.ttl(f"{PREFIX}:{await generation(raw)}:p:{name}")
+    ttl = await raw.ttl(KEYS.entry(name))
 
     assert TTL - 60 < ttl <= TTL
 
@@ -140,10 +139,11 @@ async def test_save_profile_invalidates_both_cache_tiers(
 
     new = await store.save(profile(name, seed=2))
     stored = await entry(raw, name)
+    marker: Any = await raw.get(KEYS.marker(name))
     read = await gw.get(name)
 
     assert new > old
-    assert int(stored[b"m"]) == new and b"d" not in stored
+    assert int(marker) == new and stored == {}
     assert read.profile.version == new
     assert read.served_from == pb.SERVED_FROM_STORE
 
@@ -185,7 +185,7 @@ async def test_deleted_artist_is_not_found_on_the_next_read(
 async def test_min_version_is_never_answered_below_even_by_a_replica_that_missed_the_save(
     gw: GatewayUnderTest, store: Store, tmp_path: Path
 ) -> None:
-    # A replica without Redis hears no invalidation from the store (which calls gw).
+    # A gateway without Redis hears no invalidation (it keeps copies for the degraded TTL).
     lonely = await open_gateway(gateway_port(), store.process.target)
     try:
         name = unique()
@@ -223,10 +223,13 @@ async def test_bad_reads_are_invalid_argument_naming_the_field(
     assert field in (caught.value.details() or "")
 
 
-async def test_invalidation_needs_a_positive_version(gw: GatewayUnderTest) -> None:
-    request = pb.InvalidateProfileRequest(artist_name="x", version=0)
+async def test_invalidation_is_not_part_of_the_gateways_public_surface(
+    gw: GatewayUnderTest,
+) -> None:
+    # Once any client could raise a floor to 2^62 and make an artist unreadable.
+    method = "/stylebase.cache_gateway.v1.CacheGatewayService/InvalidateProfile"
+    call = gw.channel.unary_unary(method, request_serializer=bytes, response_deserializer=bytes)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await gw.stub.InvalidateProfile(request, timeout=5)
+        await call(b"", timeout=5)
 
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "version" in (caught.value.details() or "")
+    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED

@@ -16,6 +16,7 @@ from tests.cache_gateway_support import (
     gateway_port,
     open_gateway,
     profile,
+    redis_env,
     unique,
 )
 
@@ -25,8 +26,9 @@ async def stack(
     database_url: str, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[tuple[Store, GatewayUnderTest, str]]:
     port = gateway_port()
-    store = Store(database_url, f"127.0.0.1:{port}", tmp_path_factory.mktemp("store")).start()
     prefix = unique("test:stats")
+    extra = redis_env(redis_server.url, prefix)
+    store = Store(database_url, tmp_path_factory.mktemp("store"), extra).start()
     gw = await open_gateway(
         port, store.process.target, redis_url=redis_server.url, redis_key_prefix=prefix
     )

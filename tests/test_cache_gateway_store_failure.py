@@ -13,6 +13,7 @@ from tests.cache_gateway_support import (
     gateway_port,
     open_gateway,
     profile,
+    redis_env,
     unique,
     until,
 )
@@ -22,8 +23,15 @@ async def test_store_down_serves_cached_profiles_as_stale_and_misses_as_unavaila
     database_url: str, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     port = gateway_port()
-    store = Store(database_url, f"127.0.0.1:{port}", tmp_path_factory.mktemp("store")).start()
-    settings = {"redis_url": redis_server.url, "redis_key_prefix": unique("test:store")}
+    prefix = unique("test:store")
+    # Generous: a Redis call timing out on a loaded machine would hide Redis's copy.
+    settings = {
+        "redis_url": redis_server.url,
+        "redis_key_prefix": prefix,
+        "redis_timeout_seconds": 2,
+    }
+    extra = redis_env(redis_server.url, prefix)
+    store = Store(database_url, tmp_path_factory.mktemp("store"), extra).start()
     gw = await open_gateway(port, store.process.target, **settings)
     other = await open_gateway(gateway_port(), store.process.target, **settings)
     try:

@@ -127,6 +127,7 @@ def test_compose_services_start_in_order_on_healthy_dependencies(compose: dict[s
     for service in ("profile_store", "similarity", "analytics"):
         assert "migrate" in services[service]["depends_on"]
     assert "redis" in services["cache_gateway"]["depends_on"]
+    assert "redis" in services["profile_store"]["depends_on"]
     prometheus = services["prometheus"]["depends_on"]
     assert set(prometheus) == set(SERVICES)
 
@@ -138,7 +139,8 @@ def test_compose_datastores_are_configured_as_required(compose: dict[str, Any]) 
     assert redis[0] == "redis-server"
     assert redis[redis.index("--requirepass") + 1].startswith("${REDIS_PASSWORD:?")
     assert redis[redis.index("--appendonly") + 1] == "yes"
-    assert redis[redis.index("--maxmemory-policy") + 1] == "allkeys-lru"
+    # Markers have no TTL and entries one: volatile-lru evicts entries, never markers.
+    assert redis[redis.index("--maxmemory-policy") + 1] == "volatile-lru"
     migrate = services["migrate"]
     assert migrate["command"] == ["migrate"] and migrate["restart"] == "no"
     assert "REDIS_PASSWORD" in services["redis"]["healthcheck"]["test"][1]

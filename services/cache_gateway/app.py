@@ -48,15 +48,12 @@ def assemble(settings: Settings) -> Parts:
     )
     redis: RedisTier | None = None
     if settings.redis_url is None:
-        log.info("REDIS_URL is not set: serving from the in-process tier only")
-    else:
-        redis = RedisTier(
-            settings.redis_url,
-            prefix=settings.redis_key_prefix,
-            ttl_seconds=settings.redis_ttl_seconds,
-            max_bytes=settings.redis_max_bytes,
-            timeout=settings.redis_timeout_seconds,
+        log.info(
+            "REDIS_URL is not set: in-process copies are kept for %s s only",
+            settings.cache_degraded_ttl_seconds,
         )
+    else:
+        redis = RedisTier(settings)
     stats = Stats()
     gateway = Gateway(settings, memory, store, redis, stats)
     servicer = CacheGatewayServicer(gateway)
@@ -79,8 +76,15 @@ def assemble(settings: Settings) -> Parts:
             try:
                 await gateway.flush_reads()
                 await gateway.watch_store()
+            except asyncio.CancelledError:
+                raise
             except Exception:
                 log.exception("cache housekeeping failed")
+            # A gRPC call cancelled under us may answer CANCELLED instead of raising: the
+            # task's own pending cancellation still ends the loop.
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise asyncio.CancelledError
 
     definition.background.append(housekeeping)
     definition.cleanups.append(store.close)
@@ -89,9 +93,8 @@ def assemble(settings: Settings) -> Parts:
             redis,
             memory,
             stats,
+            settings,
             breaker_seconds=settings.redis_breaker_seconds,
-            health_interval=settings.redis_health_interval_seconds,
-            ack_timeout=settings.cache_ack_timeout_seconds,
             on_state=report_redis,
             on_recovered=warm_after_reconnect,
         )

@@ -1,16 +1,20 @@
-"""Coherence between replicas through Redis: invalidations by pub/sub with acknowledgements,
-the circuit breaker, health of the Redis dependency, and recovery after an outage."""
+"""This gateway's link to Redis: the invalidation subscription and its acknowledgements,
+registration in the gateways set, liveness pings, the breaker and recovery.
+
+The store is the writer and Redis the authority: the gateway only listens. While its pings
+come back (each proves the registration and the subscription are live) its in-process
+copies are kept for the full TTL; otherwise it is in degraded mode and serves them only
+for CACHE_DEGRADED_TTL_SECONDS since their lookup began.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio.client import PubSub
@@ -18,47 +22,30 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from services.cache_gateway.breaker import Breaker
 from services.cache_gateway.memory import MemoryTier
-from services.cache_gateway.redis_tier import RedisError, RedisTier, error_kind
+from services.cache_gateway.redis_tier import RedisTier
 from services.cache_gateway.stats import Stats
-from shared.errors import Unavailable
+from shared.cache.client import FAILURES, Subscriber, error_kind, warn_if_markers_evictable
+from shared.cache.protocol import Message, ack
+from shared.settings import RedisSettings
 
 log = logging.getLogger(__name__)
 
-# Invalidations Redis missed are replayed on recovery; past this many, the generation
-# is bumped instead, which drops every copy filled before the outage.
-MAX_MISSED = 100_000
-# Left of the caller's deadline for the answer to travel back.
-ACK_MARGIN_SECONDS = 0.02
-# A replica silent this many health intervals may have missed invalidations (others then
-# serve in degraded mode); silent for PEER_FORGET_SECONDS, it is taken to be gone.
-PEER_LAG_INTERVALS = 4
-PEER_FORGET_SECONDS = 30.0
-FAILURES = (RedisError, OSError, TimeoutError)
+# A gateway silent this long is dropped from the gateways set (it crashed without leaving).
+FORGET_SECONDS = 30.0
+_STOP_SECONDS = 1.0
 
-
-@dataclass
-class _Ack:
-    needed: int | None = None
-    got: int = 0
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def check(self) -> None:
-        if self.needed is not None and self.got >= self.needed:
-            self.done.set()
+__all__ = ["FAILURES", "RedisLink"]
 
 
 class RedisLink:
-    """While `up`, every replica hears every invalidation before InvalidateProfile returns."""
-
     def __init__(
         self,
         tier: RedisTier,
         memory: MemoryTier,
         stats: Stats,
+        settings: RedisSettings,
         *,
         breaker_seconds: float,
-        health_interval: float,
-        ack_timeout: float,
         on_state: Callable[[bool], Awaitable[None]],
         on_recovered: Callable[[], Awaitable[Any]],
     ) -> None:
@@ -66,29 +53,29 @@ class RedisLink:
         self.memory = memory
         self.stats = stats
         self.breaker = Breaker(breaker_seconds)
-        self.health_interval = health_interval
-        self.ack_timeout = ack_timeout
+        self.interval = settings.redis_health_interval_seconds
+        self.detect = settings.redis_detect_seconds
+        self.connect_timeout = 8 * settings.redis_timeout_seconds + 1.0
         self.on_state = on_state
         self.on_recovered = on_recovered
-        self.replica = uuid.uuid4().hex[:12]
-        self.gen: int | None = None
+        self.member = f"gw-{uuid.uuid4().hex[:12]}"
+        self.inbox = tier.keys.inbox(self.member)
+        self.subscriber = Subscriber(settings, tier.client)
+        # Redis calls are allowed (the breaker is closed).
         self.up = False
-        # Some other replica has lost Redis: it may be dropping invalidations we never hear.
-        self.peers_lagging = False
-        self.missed: dict[str, int] = {}
-        self.missed_overflow = False
-        self._seq = 0
-        self._acks: dict[str, _Ack] = {}
+        # Bumped at each (re)connect: a lookup begun before cannot fill Redis after.
+        self.epoch = 0
+        # Monotonic send time of the newest ping that came back through the subscription.
+        self._confirmed = float("-inf")
+        self._connected_at = float("-inf")
         self._wake = asyncio.Event()
-        self._subscriber: asyncio.Task[None] | None = None
+        self._listener: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
     def coherent(self) -> bool:
-        """Every replica hears every invalidation: the long in-process TTL is safe."""
-        return self.up and not self.peers_lagging
-
-    # -- failures and the breaker ------------------------------------------------------
+        """Every invalidation the store confirms reaches this gateway first."""
+        return self.up and time.monotonic() - self._confirmed < self.detect
 
     def fail(self, exc: BaseException) -> None:
         """A Redis call failed: stop using Redis until the monitor has reconnected."""
@@ -99,195 +86,132 @@ class RedisLink:
             self.breaker.trip(time.monotonic())
             self._wake.set()
 
-    def remember(self, name: str, version: int) -> None:
-        """An invalidation Redis did not get: replayed when it is back."""
-        if len(self.missed) >= MAX_MISSED and name not in self.missed:
-            self.missed.clear()
-            self.missed_overflow = True
-        self.missed[name] = max(version, self.missed.get(name, 0))
-
-    # -- invalidation ------------------------------------------------------------------
-
-    async def invalidate(
-        self, name: str, version: int, deleted: bool, *, time_left: float | None = None
-    ) -> bool:
-        """Drop copies below version in Redis and on every replica.
-
-        Raises Unavailable when Redis is unreachable or some replica did not confirm in
-        time: the caller (the store's outbox) then retries, instead of believing that
-        every replica has dropped its copy. This replica's own tier is already done.
-        """
-        if not self.up:
-            self.remember(name, version)
-            raise Unavailable(f"Redis is unreachable; '{name}' was dropped here only; retry")
-        self._seq += 1
-        msg_id = f"{self.replica}:{self._seq}"
-        ack = self._acks[msg_id] = _Ack()
-        message = json.dumps(
-            {"t": "i", "o": self.replica, "id": msg_id, "n": name, "v": version, "d": deleted}
-        )
-        wait = self.ack_timeout
-        if time_left is not None:
-            wait = max(0.0, min(wait, time_left - ACK_MARGIN_SECONDS))
-        try:
-            # Every subscribed replica, this one included, acknowledges once it has
-            # applied the drop: when this returns, no replica serves below version.
-            ack.needed = await self.tier.invalidate(name, version, message)
-            ack.check()
-            await asyncio.wait_for(ack.done.wait(), wait)
-        except TimeoutError:
-            self.stats.error("ack_timeout")
-            raise Unavailable(
-                f"{ack.got} of {ack.needed} gateway replicas confirmed the invalidation of "
-                f"'{name}' in time; retry"
-            ) from None
-        except FAILURES as exc:
-            self.fail(exc)
-            self.remember(name, version)
-            raise Unavailable(
-                f"Redis failed ({error_kind(exc)}); '{name}' was dropped here only; retry"
-            ) from None
-        finally:
-            del self._acks[msg_id]
-        return True
-
-    def apply(self, name: str, version: int, deleted: bool) -> None:
-        self.memory.raise_floor(name, version)
-        if deleted:
-            self.memory.put_negative(name, version, time.monotonic(), self.memory.epoch)
+    def apply(self, message: Message) -> None:
+        now = time.monotonic()
+        for drop in message.drops:
+            self.memory.raise_floor(drop.name, drop.version)
+            if drop.deleted:
+                self.memory.put_negative(drop.name, drop.version, now, self.memory.epoch)
 
     # -- the subscriber ----------------------------------------------------------------
 
     async def _listen(self, pubsub: PubSub) -> None:
-        ack_channel = self.tier.ack_channel(self.replica).encode()
+        inbox = self.inbox.encode()
         try:
             while True:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
                 if message is None:
                     continue
-                if message["channel"] == ack_channel:
-                    ack = self._acks.get(message["data"].decode())
-                    if ack is not None:
-                        ack.got += 1
-                        ack.check()
-                else:
-                    await self._on_message(json.loads(message["data"]))
+                if message["channel"] == inbox:
+                    sent = float(message["data"])
+                    # A ping sent before this subscription existed proves nothing about it.
+                    if sent >= self._connected_at:
+                        self._confirmed = max(self._confirmed, sent)
+                    continue
+                body = Message.decode(message["data"])
+                self.apply(body)
+                # Only after applying: the store's save returns once every gateway said so.
+                await self.tier.publish(body.reply_to, ack(body.id, self.member))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             self.fail(exc)
-        finally:
-            # Bounded: the subscriber's socket has no timeout, and Redis may be frozen.
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(pubsub.aclose(), 1.0)  # type: ignore[no-untyped-call]
-
-    async def _on_message(self, body: dict[str, Any]) -> None:
-        if body["t"] == "i":
-            self.apply(str(body["n"]), int(body["v"]), bool(body["d"]))
-            if body.get("id"):
-                await self.tier.publish(self.tier.ack_channel(str(body["o"])), str(body["id"]))
-        elif body["t"] == "g":
-            self._adopt(int(body["g"]))
-
-    def _adopt(self, gen: int) -> None:
-        if self.gen is None or gen > self.gen:
-            log.info("cache generation %s (was %s): in-process copies dropped", gen, self.gen)
-            self.gen = gen
-            self.memory.clear()
 
     # -- monitor and recovery ----------------------------------------------------------
 
     async def run(self) -> None:
-        """Background task: pings while up, reconnects with backoff while down."""
+        """Background task: heartbeats while up, reconnects with backoff while down."""
         await self.on_state(False)
         try:
             while True:
                 if self.up:
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), self.health_interval)
+                        await asyncio.wait_for(self._wake.wait(), self.interval)
                     self._wake.clear()
                     if self.up:
                         await self._heartbeat()
-                    if self.up and (self._subscriber is None or self._subscriber.done()):
-                        self.fail(RedisConnectionError("the subscription was lost"))
                     if not self.up:
+                        await self._stop_listener()
                         await self.on_state(False)
                     continue
                 await asyncio.sleep(self.breaker.wait(time.monotonic()))
                 try:
-                    await self._connect()
+                    # Bounded as a whole: a frozen peer must not hold the monitor.
+                    async with asyncio.timeout(self.connect_timeout):
+                        await self._connect()
                 except FAILURES as exc:
                     # Counted apart: these are the breaker's probes, not requests.
                     self.stats.error("redis_reconnect")
-                    log.debug("Redis still unreachable: %s", exc)
+                    log.info("Redis still unreachable: %s", exc or type(exc).__name__)
                     self.breaker.trip(time.monotonic())
-                    await self._stop_subscriber()
+                    await self._stop_listener()
                     continue
                 await self.on_state(True)
                 self._spawn(self.on_recovered())
         finally:
-            await self._stop_subscriber()
+            await self._stop_listener()
             for task in list(self._tasks):
                 task.cancel()
+            if self._tasks:
+                await asyncio.wait(set(self._tasks), timeout=_STOP_SECONDS)
             if self.up:
-                # Leaving cleanly, so the others do not wait for this replica to come back.
+                # Leaving cleanly, so the store stops waiting for this gateway at once.
                 with contextlib.suppress(*FAILURES):
-                    await self.tier.leave(self.replica)
+                    await asyncio.wait_for(self.tier.leave(self.member), _STOP_SECONDS)
 
     async def _heartbeat(self) -> None:
-        lag = self.health_interval * PEER_LAG_INTERVALS
+        sent = time.monotonic()
+        if self._listener is None or self._listener.done():
+            self.fail(RedisConnectionError("the subscription was lost"))
+            return
+        # Degraded already (see coherent); reconnecting, which starts cold, waits longer so
+        # that a briefly loaded event loop does not flush the tier.
+        if sent - max(self._confirmed, self._connected_at) > 2 * self.detect + self.interval:
+            self.fail(RedisConnectionError("the subscription went silent"))
+            return
         try:
-            lagging = await self.tier.heartbeat(self.replica, lag=lag, forget=PEER_FORGET_SECONDS)
+            await self.tier.heartbeat(self.member, forget=FORGET_SECONDS)
+            # Comes back through the subscription: proves it and the registration are live.
+            await self.tier.publish(self.inbox, repr(sent))
         except FAILURES as exc:
             self.fail(exc)
-            return
-        if bool(lagging) != self.peers_lagging:
-            log.warning(
-                "%d other replicas have lost Redis: in-process copies kept for the degraded TTL"
-                if lagging
-                else "every replica reaches Redis again",
-                lagging,
-            )
-        self.peers_lagging = bool(lagging)
 
     async def _connect(self) -> None:
         await self.tier.reset()
         await self.tier.ping()
-        await self._stop_subscriber()
-        pubsub = self.tier.subscriber_client.pubsub()
-        await pubsub.subscribe(self.tier.channel, self.tier.ack_channel(self.replica))
-        self._subscriber = asyncio.create_task(self._listen(pubsub))
-        missed, overflow = dict(self.missed), self.missed_overflow
-        known = self.gen
-        gen = await self.tier.recover(known, missed, bump=overflow)
-        # Messages from other replicas may have been lost while down: start cold.
-        self.gen = gen
+        await self._stop_listener()
+        pubsub = await self.subscriber.open(self.tier.keys.channel, self.inbox)
+        self._connected_at = time.monotonic()
+        # Messages may have been missed while away: start cold, after subscribing.
         self.memory.clear()
-        for name, version in missed.items():
-            message = json.dumps({"t": "i", "o": self.replica, "n": name, "v": version, "d": False})
-            await self.tier.publish(self.tier.channel, message)
-            if self.missed.get(name) == version:
-                del self.missed[name]
-        self.missed_overflow = self.missed_overflow and not overflow
-        if known is not None and gen != known:
-            await self.tier.publish(self.tier.channel, json.dumps({"t": "g", "g": gen}))
-            self._spawn(self.tier.drop_generation(known))
+        self.epoch += 1
+        self._listener = asyncio.create_task(self._listen(pubsub))
         self.breaker.close()
+        # Coherent only once a ping comes back: by then this gateway is registered (the
+        # store waits for it) and has applied every message published before the ping.
         self.up = True
+        await warn_if_markers_evictable(self.tier.client)
         await self._heartbeat()
-        log.info("Redis reachable (generation %s, %d missed drops replayed)", gen, len(missed))
+        log.info("Redis reachable: subscribed and registered as %s", self.member)
 
-    async def _stop_subscriber(self) -> None:
-        task, self._subscriber = self._subscriber, None
+    async def _stop_listener(self) -> None:
+        task, self._listener = self._listener, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            # Never awaited directly: waiting must not swallow this task's own cancellation.
+            await asyncio.wait({task}, timeout=_STOP_SECONDS)
+            if not task.done():
+                # Still unwinding on a frozen connection: keep a reference until it ends.
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        await self.subscriber.close()
 
     def _spawn(self, work: Awaitable[Any]) -> None:
         async def guarded() -> None:
             try:
                 await work
+            except asyncio.CancelledError:
+                raise
             except FAILURES as exc:
                 self.fail(exc)
             except Exception:

@@ -1,4 +1,4 @@
-"""The read path (in-process tier → Redis → store, single-flight), invalidation and warm-up."""
+"""The read path (in-process tier → Redis → store, single-flight) and warm-up."""
 
 from __future__ import annotations
 
@@ -71,8 +71,8 @@ class Gateway:
 
     @property
     def coherent(self) -> bool:
-        """Other replicas' invalidations reach this one (always, with no Redis configured)."""
-        return self.link is None or self.link.coherent
+        """The store's invalidations reach this gateway (never without Redis)."""
+        return self.link is not None and self.link.coherent
 
     # -- read path ---------------------------------------------------------------------
 
@@ -80,11 +80,11 @@ class Gateway:
         memory = self.memory
         now = time.monotonic()
         required = max(min_version, memory.floor(name))
-        self.pending_reads[name] += 1
         max_age = self._memory_ttl if self.coherent else self._degraded_ttl
         entry = memory.get(name, required, now, max_age)
         if entry is not None:
             self.stats.memory_hit()
+            self.pending_reads[name] += 1
             return Served(entry.profile, IN_PROCESS, not self.store_reachable, entry.fetched_at)
         negative_age = min(max_age, self.settings.cache_negative_ttl_seconds)
         negative = memory.get_negative(name, required, now, negative_age)
@@ -98,16 +98,19 @@ class Gateway:
                 )
             raise ArtistNotFound(name)
         self.stats.memory_miss()
-        return await self.flights.run((name, required), lambda: self._load(name, required))
+        served = await self.flights.run((name, required), lambda: self._load(name, required))
+        # Only artists that exist are ranked: unknown names cannot grow the ranking.
+        self.pending_reads[name] += 1
+        return served
 
     async def _load(self, name: str, required: int) -> Served:
         started = time.monotonic()
         epoch = self.memory.epoch
         link = self.link
-        gen = link.gen if link is not None and link.up else None
-        if gen is not None and self.redis is not None and link is not None:
+        link_epoch = link.epoch if link is not None and link.up else None
+        if link_epoch is not None and self.redis is not None and link is not None:
             try:
-                cached = await self.redis.get(name, gen)
+                cached = await self.redis.get(name)
             except FAILURES as exc:
                 link.fail(exc)
                 cached = None
@@ -118,16 +121,20 @@ class Gateway:
                 except Exception:
                     # A copy this build cannot read is a miss, not a failed request.
                     self.stats.error("redis_decode")
-                    return await self._fetch(name, required, started=started, epoch=epoch, gen=gen)
+                    return await self._fetch(
+                        name, required, started=started, epoch=epoch, link_epoch=link_epoch
+                    )
                 self.stats.redis_hit()
                 entry = Entry(profile, version, fetched_at, started, profile.ByteSize())
                 self.memory.put(name, entry, epoch)
                 return Served(profile, REDIS, not self.store_reachable, fetched_at)
             self.stats.redis_miss()
-        return await self._fetch(name, required, started=started, epoch=epoch, gen=gen)
+        return await self._fetch(
+            name, required, started=started, epoch=epoch, link_epoch=link_epoch
+        )
 
     async def _fetch(
-        self, name: str, required: int, *, started: float, epoch: int, gen: int | None
+        self, name: str, required: int, *, started: float, epoch: int, link_epoch: int | None
     ) -> Served:
         """Read the store and fill both tiers; the fills refuse anything older than known."""
         floor_at_start = self.memory.floor(name)
@@ -157,27 +164,16 @@ class Gateway:
         entry = Entry(profile, profile.version, fetched_at, started, profile.ByteSize())
         self.memory.put(name, entry, epoch)
         link = self.link
-        if gen is not None and self.redis is not None and link is not None and link.up:
+        # Not across a reconnect: Redis may have restarted and lost the marker meanwhile.
+        if link is not None and link.up and link.epoch == link_epoch and self.redis is not None:
             blob = encode(profile, compress_above=self.settings.cache_compress_threshold_bytes)
             try:
-                await self.redis.fill(name, gen, profile.version, blob, fetched_at)
+                await self.redis.fill(name, profile.version, blob, fetched_at)
             except FAILURES as exc:
                 link.fail(exc)
         return Served(profile, STORE, False, fetched_at)
 
-    # -- invalidation and warm-up ------------------------------------------------------
-
-    async def invalidate(
-        self, name: str, version: int, deleted: bool, *, time_left: float | None = None
-    ) -> bool:
-        """Drop copies below version here, in Redis and on every replica."""
-        if self.link is None:
-            self.memory.raise_floor(name, version)
-            if deleted:
-                self.memory.put_negative(name, version, time.monotonic(), self.memory.epoch)
-            return False
-        self.link.apply(name, version, deleted)
-        return await self.link.invalidate(name, version, deleted, time_left=time_left)
+    # -- warm-up -----------------------------------------------------------------------
 
     async def most_read(self, n: int) -> list[str]:
         """Redis's ranking (all replicas), topped up from this replica's own counts."""
@@ -201,10 +197,14 @@ class Gateway:
         async def one(name: str) -> None:
             async with gate:
                 link = self.link
-                gen = link.gen if link is not None and link.up else None
+                link_epoch = link.epoch if link is not None and link.up else None
                 try:
                     served = await self._fetch(
-                        name, 0, started=time.monotonic(), epoch=self.memory.epoch, gen=gen
+                        name,
+                        0,
+                        started=time.monotonic(),
+                        epoch=self.memory.epoch,
+                        link_epoch=link_epoch,
                     )
                 except NotFound:
                     outcome["not_found"] += 1
@@ -228,10 +228,10 @@ class Gateway:
         if len(self.read_totals) < MAX_PENDING_READS:
             self.read_totals.update(batch)
         link = self.link
-        if link is None or not link.up or link.gen is None or self.redis is None:
+        if link is None or not link.up or self.redis is None:
             return
         try:
-            await self.redis.add_reads(batch, link.gen)
+            await self.redis.add_reads(batch)
         except FAILURES as exc:
             link.fail(exc)
 
@@ -241,10 +241,10 @@ class Gateway:
 
     async def redis_usage(self) -> tuple[int, int]:
         link = self.link
-        if link is None or not link.up or link.gen is None or self.redis is None:
+        if link is None or not link.up or self.redis is None:
             return 0, 0
         try:
-            return await self.redis.usage(link.gen)
+            return await self.redis.usage()
         except FAILURES as exc:
             link.fail(exc)
             return 0, 0

@@ -38,17 +38,6 @@ class CacheGatewayServicer(pb_grpc.CacheGatewayServiceServicer):
             age=Duration(seconds=age // 1_000_000_000, nanos=age % 1_000_000_000),
         )
 
-    async def InvalidateProfile(
-        self, request: pb.InvalidateProfileRequest, context: Context
-    ) -> pb.InvalidateProfileResponse:
-        name = validation.artist_name(request.artist_name)
-        if request.version <= 0:
-            raise InvalidArgument("version", "must be positive (the committed version)")
-        done = await self.gateway.invalidate(
-            name, request.version, request.deleted, time_left=context.time_remaining()
-        )
-        return pb.InvalidateProfileResponse(redis_invalidated=done)
-
     async def GetCacheStats(
         self, request: pb.GetCacheStatsRequest, context: Context
     ) -> pb.GetCacheStatsResponse:

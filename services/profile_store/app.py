@@ -10,17 +10,19 @@ from services.profile_store import vectors
 from services.profile_store.invalidation import Invalidator
 from services.profile_store.repository import ProfileRepository
 from services.profile_store.servicer import ProfileStoreServicer
+from shared.cache.authority import Authority
 from shared.db.engine import Database
 from shared.grpc.server import ServiceDefinition
-from shared.settings import ServiceSettings
+from shared.settings import RedisSettings, ServiceSettings
 from stylebase.profile_store.v1 import profile_store_service_pb2 as pb
 from stylebase.profile_store.v1 import profile_store_service_pb2_grpc as pb_grpc
 
 
-class Settings(ServiceSettings):
+class Settings(ServiceSettings, RedisSettings):
     """Settings of the profile_store process."""
 
-    # Deadline of the InvalidateProfile call a save makes after its commit.
+    # How long a save waits, after its commit, for Redis and every connected gateway to
+    # confirm the invalidation before it answers cache_invalidated=false.
     cache_invalidation_timeout_ms: int = Field(default=300, ge=10, le=10_000)
     # How often the relay looks for invalidations the gateway has not acknowledged,
     # and the longest it waits before retrying one.
@@ -48,9 +50,10 @@ def connect_database(settings: ServiceSettings) -> Database:
 
 
 def invalidator(settings: Settings, db: Database) -> Invalidator:
+    authority = Authority(settings) if settings.redis_url is not None else None
     return Invalidator(
         db,
-        settings.target_of("cache_gateway"),
+        authority,
         timeout=settings.cache_invalidation_timeout_ms / 1000,
         relay_interval=settings.profile_store_outbox_interval_seconds,
         max_backoff=settings.profile_store_outbox_max_backoff_seconds,
@@ -69,18 +72,20 @@ class ProfileStore:
 
 def assemble(settings: Settings) -> ProfileStore:
     db = connect_database(settings)
-    gateway = invalidator(settings, db)
-    repository = ProfileRepository(db, gateway)
+    invalidations = invalidator(settings, db)
+    repository = ProfileRepository(db, invalidations)
     servicer = ProfileStoreServicer(repository)
     definition = ServiceDefinition(
         name="profile_store",
         full_names=[pb.DESCRIPTOR.services_by_name["ProfileStoreService"].full_name],
         register=lambda server: pb_grpc.add_ProfileStoreServiceServicer_to_server(servicer, server),
         readiness=db.ping,
-        cleanups=[gateway.close, db.dispose],
-        background=[gateway.relay_forever],
+        cleanups=[invalidations.close, db.dispose],
+        background=[invalidations.relay_forever],
     )
-    return ProfileStore(db, gateway, repository, definition)
+    if invalidations.authority is not None:
+        definition.background.append(invalidations.authority.run)
+    return ProfileStore(db, invalidations, repository, definition)
 
 
 async def build(settings: Settings) -> ServiceDefinition:

@@ -1,36 +1,29 @@
-"""Telling the cache gateway about committed saves and deletes: an outbox row, a call, a relay.
+"""Invalidating cached copies after committed saves and deletes: an outbox row, Redis, a relay.
 
 The outbox row is written in the save's own transaction, so an invalidation is never
-lost: the RPC tries the gateway once after the commit, and a background relay retries
-whatever the gateway has not acknowledged, with backoff.
+lost: after the commit the save runs it against Redis (the authority every gateway listens
+to) once, and a background relay retries whatever was not confirmed, with backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import grpc
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from shared.cache.authority import Authority
+from shared.cache.protocol import Drop
 from shared.db.engine import Database
-from shared.grpc.channels import service_channel
-from stylebase.cache_gateway.v1 import cache_gateway_service_pb2 as gateway_pb
-from stylebase.cache_gateway.v1 import cache_gateway_service_pb2_grpc as gateway_grpc
 
 log = logging.getLogger(__name__)
 
 # The relay leaves a fresh row alone this long, so it does not race the RPC's own call.
 _FIRST_RETRY_DELAY_SECONDS = 2.0
 _RELAY_BATCH = 500
-_CONCURRENT_CALLS = 32
-# Codes that say the gateway will not answer anything soon; the rest of a batch is left
-# to the relay instead of spending the deadline on calls that fail the same way.
-_GIVE_UP_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNIMPLEMENTED}
 
 # Every statement that writes several outbox rows takes their locks in artist-name order, so a
 # save, a batch and the relay never wait on each other in a cycle.
@@ -111,53 +104,36 @@ def _pairs(events: Sequence[Invalidation]) -> dict[str, list[object]]:
 
 
 class Invalidator:
-    """Calls CacheGatewayService/InvalidateProfile; never raises into a save."""
+    """Runs invalidations against Redis; never raises into a save.
+
+    authority None (no REDIS_URL): there is nothing to invalidate; the gateways, without
+    Redis too, keep in-process copies for their short degraded TTL only.
+    """
 
     def __init__(
         self,
         db: Database,
-        target: str,
+        authority: Authority | None,
         *,
         timeout: float,
         relay_interval: float = 1.0,
         max_backoff: float = 60.0,
     ) -> None:
         self.db = db
+        self.authority = authority
         self.timeout = timeout
         self.relay_interval = relay_interval
         self.max_backoff = max_backoff
-        # No channel retries: the outbox relay retries, and a save must not wait on backoff.
-        self._channel = service_channel(target, retries=False)
-        self._stub = gateway_grpc.CacheGatewayServiceStub(self._channel)
 
     async def close(self) -> None:
-        await self._channel.close(None)
+        if self.authority is not None:
+            await self.authority.close()
 
-    async def _send(self, events: Sequence[Invalidation], budget: float) -> list[bool]:
-        """Call the gateway for each event within one shared budget; True where acknowledged."""
-        deadline = time.monotonic() + budget
-        results = [False] * len(events)
-        gate = asyncio.Semaphore(_CONCURRENT_CALLS)
-        gave_up = False
-
-        async def one(i: int, event: Invalidation) -> None:
-            nonlocal gave_up
-            async with gate:
-                remaining = deadline - time.monotonic()
-                if gave_up or remaining <= 0:
-                    return
-                request = gateway_pb.InvalidateProfileRequest(
-                    artist_name=event.artist_name, version=event.version, deleted=event.deleted
-                )
-                try:
-                    await self._stub.InvalidateProfile(request, timeout=remaining)
-                    results[i] = True
-                except grpc.aio.AioRpcError as error:
-                    gave_up = gave_up or error.code() in _GIVE_UP_CODES
-                    log.debug("invalidating %s failed: %s", event.artist_name, error.code())
-
-        await asyncio.gather(*(one(i, e) for i, e in enumerate(events)))
-        return results
+    async def _send(self, events: Sequence[Invalidation], budget: float) -> bool:
+        if self.authority is None:
+            return False
+        drops = [Drop(e.artist_name, e.version, e.deleted) for e in events]
+        return await self.authority.invalidate(drops, budget)
 
     async def _acknowledge(self, events: Sequence[Invalidation]) -> None:
         async def work(session: AsyncSession) -> None:
@@ -166,30 +142,25 @@ class Invalidator:
         await self.db.run(work, time_left=5.0)
 
     async def notify(self, events: Sequence[Invalidation], time_left: float | None) -> bool:
-        """After a commit: tell the gateway; True when every event was acknowledged.
+        """After a commit: True when every gateway connected to Redis has dropped older copies.
 
         A failure leaves the outbox rows for the relay; it never fails the save.
         """
         budget = self.timeout if time_left is None else min(self.timeout, time_left)
         if not events or budget <= 0:
             return not events
-        acked = await self._send(events, budget)
-        done = [e for e, ok in zip(events, acked, strict=True) if ok]
-        if done:
+        done = await self._send(events, budget)
+        if done or self.authority is None:
             try:
-                await self._acknowledge(done)
-            except Exception as exc:  # the relay will send them again; harmless
-                log.warning("could not clear %d outbox rows: %s", len(done), exc)
-        if len(done) < len(events):
-            log.info(
-                "cache gateway did not acknowledge %d of %d invalidations; the relay retries",
-                len(events) - len(done),
-                len(events),
-            )
-        return len(done) == len(events)
+                await self._acknowledge(events)
+            except Exception as exc:  # the relay will run them again; harmless
+                log.warning("could not clear %d outbox rows: %s", len(events), exc)
+        else:
+            log.info("%d invalidations not confirmed; the relay retries", len(events))
+        return done
 
     async def relay_once(self) -> int:
-        """Send the due outbox rows once; returns how many the gateway acknowledged."""
+        """Run the due outbox rows once; returns how many were confirmed."""
 
         async def due(session: AsyncSession) -> list[Invalidation]:
             rows = await session.execute(_DUE, {"limit": _RELAY_BATCH})
@@ -198,26 +169,25 @@ class Invalidator:
         events = await self.db.run(due, time_left=5.0)
         if not events:
             return 0
-        acked = await self._send(events, max(self.timeout, 0.05) * 4)
-        done = [e for e, ok in zip(events, acked, strict=True) if ok]
-        failed = [e for e, ok in zip(events, acked, strict=True) if not ok]
+        # Without Redis the rows say nothing anyone could act on: they are cleared.
+        done = await self._send(events, max(self.timeout, 0.05) * 4) or self.authority is None
 
         async def record(session: AsyncSession) -> None:
             if done:
-                await session.execute(_ACKNOWLEDGE, _pairs(done))
-            if failed:
+                await session.execute(_ACKNOWLEDGE, _pairs(events))
+            else:
                 params = {
-                    **_pairs(failed),
+                    **_pairs(events),
                     "base": self.relay_interval,
                     "max_backoff": self.max_backoff,
                 }
                 await session.execute(_POSTPONE, params)
 
         await self.db.run(record, time_left=5.0)
-        return len(done)
+        return len(events) if done else 0
 
     async def relay_forever(self) -> None:
-        """The background job of the profile_store process."""
+        """A background job of the profile_store process (the other: the authority's run)."""
         while True:
             try:
                 await self.relay_once()

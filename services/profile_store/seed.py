@@ -79,8 +79,8 @@ async def _has_artists(session: AsyncSession) -> bool:
 async def seed(settings: Settings, *, only_if_empty: bool, notify_gateway: bool = True) -> int:
     """Load the dataset into the configured database; 0 when skipped because it has artists.
 
-    Without notify_gateway the invalidations wait in the outbox for the store's relay
-    (at first start the gateway is not up yet).
+    Without notify_gateway the invalidations wait in the outbox for the store's relay;
+    with it, each save runs its invalidation against Redis (when REDIS_URL is set).
     """
     db = connect_database(settings)
     gateway = invalidator(settings, db) if notify_gateway else None

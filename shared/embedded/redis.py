@@ -1,4 +1,5 @@
-"""A redis-server (Debian's, from PATH) on a free loopback port, for tests and benchmarks."""
+"""A redis-server (Debian's, from PATH) on a free loopback port, and a 3-master Redis Cluster
+of them, for tests and benchmarks."""
 
 from __future__ import annotations
 
@@ -8,7 +9,20 @@ import subprocess
 import time
 from pathlib import Path
 
-from shared.embedded.ports import free_port
+from shared.embedded.ports import RESERVED, free_port, port_in_use
+
+# Entries carry a TTL and markers do not: under volatile-lru Redis evicts copies, never markers.
+EVICTION_POLICY = "volatile-lru"
+CLUSTER_BUS_OFFSET = 10_000
+
+
+def _command(port: int, command: bytes, timeout: float = 0.5) -> bytes:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.sendall(command)
+            return sock.recv(4096)
+    except OSError:
+        return b""
 
 
 class RedisServer:
@@ -40,6 +54,8 @@ class RedisServer:
                 "",
                 "--appendonly",
                 "no",
+                "--maxmemory-policy",
+                EVICTION_POLICY,
                 "--dir",
                 str(self.workdir),
                 "--logfile",
@@ -60,12 +76,7 @@ class RedisServer:
         raise RuntimeError(f"redis-server did not start on port {self.port}")
 
     def _ping(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
+        return _command(self.port, b"PING\r\n").startswith(b"+PONG")
 
     @property
     def running(self) -> bool:
@@ -80,3 +91,73 @@ class RedisServer:
                 self._proc.kill()
                 self._proc.wait()
         self._proc = None
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free and valid too."""
+    while True:
+        port = free_port()
+        bus = port + CLUSTER_BUS_OFFSET
+        if bus < 65536 and bus not in RESERVED and not port_in_use(bus):
+            return port
+
+
+class RedisCluster:
+    """Three masters, no replicas, slots spread by redis-cli --cluster create."""
+
+    def __init__(self, workdir: Path, masters: int = 3) -> None:
+        self.workdir = workdir
+        self.nodes = [
+            RedisServer(
+                workdir / f"node{i}",
+                _cluster_port(),
+                extra_args=[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    str(workdir / f"node{i}" / "nodes.conf"),
+                    "--cluster-node-timeout",
+                    "5000",
+                ],
+            )
+            for i in range(masters)
+        ]
+
+    @property
+    def ports(self) -> list[int]:
+        return [node.port for node in self.nodes]
+
+    @property
+    def port(self) -> int:
+        return self.nodes[0].port
+
+    @property
+    def url(self) -> str:
+        """Any node is a seed: the client discovers the others."""
+        return self.nodes[0].url
+
+    def start(self, timeout: float = 30.0) -> str:
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RuntimeError("redis-cli is not on PATH; 'make install' installs it")
+        for node in self.nodes:
+            node.start()
+        addresses = [f"127.0.0.1:{port}" for port in self.ports]
+        subprocess.run(
+            [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=timeout,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(b"cluster_state:ok" in _command(p, b"CLUSTER INFO\r\n") for p in self.ports):
+                return self.url
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()

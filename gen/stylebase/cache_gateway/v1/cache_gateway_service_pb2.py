@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from stylebase.common.v1 import common_pb2 as stylebase_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n6stylebase/cache_gateway/v1/cache_gateway_service.proto\x12\x1astylebase.cache_gateway.v1\x1a\x1egoogle/protobuf/duration.proto\x1a stylebase/common/v1/common.proto\"B\n\x16GetStyleProfileRequest\x12\x13\n\x0b\x61rtist_name\x18\x01 \x01(\t\x12\x13\n\x0bmin_version\x18\x02 \x01(\x03\"\xc1\x01\n\x17GetStyleProfileResponse\x12\x32\n\x07profile\x18\x01 \x01(\x0b\x32!.stylebase.common.v1.StyleProfile\x12;\n\x0bserved_from\x18\x02 \x01(\x0e\x32&.stylebase.cache_gateway.v1.ServedFrom\x12\r\n\x05stale\x18\x03 \x01(\x08\x12&\n\x03\x61ge\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"Q\n\x18InvalidateProfileRequest\x12\x13\n\x0b\x61rtist_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0f\n\x07\x64\x65leted\x18\x03 \x01(\x08\"6\n\x19InvalidateProfileResponse\x12\x19\n\x11redis_invalidated\x18\x01 \x01(\x08\"\x16\n\x14GetCacheStatsRequest\"[\n\tTierStats\x12\x0c\n\x04hits\x18\x01 \x01(\x03\x12\x0e\n\x06misses\x18\x02 \x01(\x03\x12\x10\n\x08hit_rate\x18\x03 \x01(\x01\x12\x0f\n\x07\x65ntries\x18\x04 \x01(\x03\x12\r\n\x05\x62ytes\x18\x05 \x01(\x03\"\x97\x03\n\x15GetCacheStatsResponse\x12\x39\n\nin_process\x18\x01 \x01(\x0b\x32%.stylebase.cache_gateway.v1.TierStats\x12\x34\n\x05redis\x18\x02 \x01(\x0b\x32%.stylebase.cache_gateway.v1.TierStats\x12\x10\n\x08hit_rate\x18\x03 \x01(\x01\x12\x15\n\rstore_fetches\x18\x04 \x01(\x03\x12\x1c\n\x14single_flight_merges\x18\x05 \x01(\x03\x12\x18\n\x10redis_configured\x18\x06 \x01(\x08\x12\x17\n\x0fredis_reachable\x18\x07 \x01(\x08\x12M\n\x06\x65rrors\x18\x08 \x03(\x0b\x32=.stylebase.cache_gateway.v1.GetCacheStatsResponse.ErrorsEntry\x12\x15\n\rnegative_hits\x18\t \x01(\x03\x1a-\n\x0b\x45rrorsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"7\n\x10WarmCacheRequest\x12\x14\n\x0c\x61rtist_names\x18\x01 \x03(\t\x12\r\n\x05top_n\x18\x02 \x01(\x05\"F\n\x11WarmCacheResponse\x12\x0e\n\x06warmed\x18\x01 \x01(\x05\x12\x11\n\tnot_found\x18\x02 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x05*s\n\nServedFrom\x12\x1b\n\x17SERVED_FROM_UNSPECIFIED\x10\x00\x12\x1a\n\x16SERVED_FROM_IN_PROCESS\x10\x01\x12\x15\n\x11SERVED_FROM_REDIS\x10\x02\x12\x15\n\x11SERVED_FROM_STORE\x10\x03\x32\xf4\x03\n\x13\x43\x61\x63heGatewayService\x12z\n\x0fGetStyleProfile\x12\x32.stylebase.cache_gateway.v1.GetStyleProfileRequest\x1a\x33.stylebase.cache_gateway.v1.GetStyleProfileResponse\x12\x80\x01\n\x11InvalidateProfile\x12\x34.stylebase.cache_gateway.v1.InvalidateProfileRequest\x1a\x35.stylebase.cache_gateway.v1.InvalidateProfileResponse\x12t\n\rGetCacheStats\x12\x30.stylebase.cache_gateway.v1.GetCacheStatsRequest\x1a\x31.stylebase.cache_gateway.v1.GetCacheStatsResponse\x12h\n\tWarmCache\x12,.stylebase.cache_gateway.v1.WarmCacheRequest\x1a-.stylebase.cache_gateway.v1.WarmCacheResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n6stylebase/cache_gateway/v1/cache_gateway_service.proto\x12\x1astylebase.cache_gateway.v1\x1a\x1egoogle/protobuf/duration.proto\x1a stylebase/common/v1/common.proto\"B\n\x16GetStyleProfileRequest\x12\x13\n\x0b\x61rtist_name\x18\x01 \x01(\t\x12\x13\n\x0bmin_version\x18\x02 \x01(\x03\"\xc1\x01\n\x17GetStyleProfileResponse\x12\x32\n\x07profile\x18\x01 \x01(\x0b\x32!.stylebase.common.v1.StyleProfile\x12;\n\x0bserved_from\x18\x02 \x01(\x0e\x32&.stylebase.cache_gateway.v1.ServedFrom\x12\r\n\x05stale\x18\x03 \x01(\x08\x12&\n\x03\x61ge\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x16\n\x14GetCacheStatsRequest\"[\n\tTierStats\x12\x0c\n\x04hits\x18\x01 \x01(\x03\x12\x0e\n\x06misses\x18\x02 \x01(\x03\x12\x10\n\x08hit_rate\x18\x03 \x01(\x01\x12\x0f\n\x07\x65ntries\x18\x04 \x01(\x03\x12\r\n\x05\x62ytes\x18\x05 \x01(\x03\"\x97\x03\n\x15GetCacheStatsResponse\x12\x39\n\nin_process\x18\x01 \x01(\x0b\x32%.stylebase.cache_gateway.v1.TierStats\x12\x34\n\x05redis\x18\x02 \x01(\x0b\x32%.stylebase.cache_gateway.v1.TierStats\x12\x10\n\x08hit_rate\x18\x03 \x01(\x01\x12\x15\n\rstore_fetches\x18\x04 \x01(\x03\x12\x1c\n\x14single_flight_merges\x18\x05 \x01(\x03\x12\x18\n\x10redis_configured\x18\x06 \x01(\x08\x12\x17\n\x0fredis_reachable\x18\x07 \x01(\x08\x12M\n\x06\x65rrors\x18\x08 \x03(\x0b\x32=.stylebase.cache_gateway.v1.GetCacheStatsResponse.ErrorsEntry\x12\x15\n\rnegative_hits\x18\t \x01(\x03\x1a-\n\x0b\x45rrorsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"7\n\x10WarmCacheRequest\x12\x14\n\x0c\x61rtist_names\x18\x01 \x03(\t\x12\r\n\x05top_n\x18\x02 \x01(\x05\"F\n\x11WarmCacheResponse\x12\x0e\n\x06warmed\x18\x01 \x01(\x05\x12\x11\n\tnot_found\x18\x02 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x05*s\n\nServedFrom\x12\x1b\n\x17SERVED_FROM_UNSPECIFIED\x10\x00\x12\x1a\n\x16SERVED_FROM_IN_PROCESS\x10\x01\x12\x15\n\x11SERVED_FROM_REDIS\x10\x02\x12\x15\n\x11SERVED_FROM_STORE\x10\x03\x32\xf1\x02\n\x13\x43\x61\x63heGatewayService\x12z\n\x0fGetStyleProfile\x12\x32.stylebase.cache_gateway.v1.GetStyleProfileRequest\x1a\x33.stylebase.cache_gateway.v1.GetStyleProfileResponse\x12t\n\rGetCacheStats\x12\x30.stylebase.cache_gateway.v1.GetCacheStatsRequest\x1a\x31.stylebase.cache_gateway.v1.GetCacheStatsResponse\x12h\n\tWarmCache\x12,.stylebase.cache_gateway.v1.WarmCacheRequest\x1a-.stylebase.cache_gateway.v1.WarmCacheResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,28 +35,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GETCACHESTATSRESPONSE_ERRORSENTRY']._loaded_options = None
   _globals['_GETCACHESTATSRESPONSE_ERRORSENTRY']._serialized_options = b'8\001'
-  _globals['_SERVEDFROM']._serialized_start=1211
-  _globals['_SERVEDFROM']._serialized_end=1326
+  _globals['_SERVEDFROM']._serialized_start=1072
+  _globals['_SERVEDFROM']._serialized_end=1187
   _globals['_GETSTYLEPROFILEREQUEST']._serialized_start=152
   _globals['_GETSTYLEPROFILEREQUEST']._serialized_end=218
   _globals['_GETSTYLEPROFILERESPONSE']._serialized_start=221
   _globals['_GETSTYLEPROFILERESPONSE']._serialized_end=414
-  _globals['_INVALIDATEPROFILEREQUEST']._serialized_start=416
-  _globals['_INVALIDATEPROFILEREQUEST']._serialized_end=497
-  _globals['_INVALIDATEPROFILERESPONSE']._serialized_start=499
-  _globals['_INVALIDATEPROFILERESPONSE']._serialized_end=553
-  _globals['_GETCACHESTATSREQUEST']._serialized_start=555
-  _globals['_GETCACHESTATSREQUEST']._serialized_end=577
-  _globals['_TIERSTATS']._serialized_start=579
-  _globals['_TIERSTATS']._serialized_end=670
-  _globals['_GETCACHESTATSRESPONSE']._serialized_start=673
-  _globals['_GETCACHESTATSRESPONSE']._serialized_end=1080
-  _globals['_GETCACHESTATSRESPONSE_ERRORSENTRY']._serialized_start=1035
-  _globals['_GETCACHESTATSRESPONSE_ERRORSENTRY']._serialized_end=1080
-  _globals['_WARMCACHEREQUEST']._serialized_start=1082
-  _globals['_WARMCACHEREQUEST']._serialized_end=1137
-  _globals['_WARMCACHERESPONSE']._serialized_start=1139
-  _globals['_WARMCACHERESPONSE']._serialized_end=1209
-  _globals['_CACHEGATEWAYSERVICE']._serialized_start=1329
-  _globals['_CACHEGATEWAYSERVICE']._serialized_end=1829
+  _globals['_GETCACHESTATSREQUEST']._serialized_start=416
+  _globals['_GETCACHESTATSREQUEST']._serialized_end=438
+  _globals['_TIERSTATS']._serialized_start=440
+  _globals['_TIERSTATS']._serialized_end=531
+  _globals['_GETCACHESTATSRESPONSE']._serialized_start=534
+  _globals['_GETCACHESTATSRESPONSE']._serialized_end=941
+  _globals['_GETCACHESTATSRESPONSE_ERRORSENTRY']._serialized_start=896
+  _globals['_GETCACHESTATSRESPONSE_ERRORSENTRY']._serialized_end=941
+  _globals['_WARMCACHEREQUEST']._serialized_start=943
+  _globals['_WARMCACHEREQUEST']._serialized_end=998
+  _globals['_WARMCACHERESPONSE']._serialized_start=1000
+  _globals['_WARMCACHERESPONSE']._serialized_end=1070
+  _globals['_CACHEGATEWAYSERVICE']._serialized_start=1190
+  _globals['_CACHEGATEWAYSERVICE']._serialized_end=1559
 # @@protoc_insertion_point(module_scope)

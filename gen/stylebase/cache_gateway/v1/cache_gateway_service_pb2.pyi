@@ -100,55 +100,6 @@ class GetStyleProfileResponse(_message.Message):
 Global___GetStyleProfileResponse: _TypeAlias = GetStyleProfileResponse  # noqa: Y015
 
 @_typing.final
-class InvalidateProfileRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    ARTIST_NAME_FIELD_NUMBER: _builtins.int
-    VERSION_FIELD_NUMBER: _builtins.int
-    DELETED_FIELD_NUMBER: _builtins.int
-    artist_name: _builtins.str
-    version: _builtins.int
-    """The committed version; copies below it are dropped."""
-    deleted: _builtins.bool
-    """The artist was deleted."""
-    def __init__(
-        self,
-        *,
-        artist_name: _builtins.str = ...,
-        version: _builtins.int = ...,
-        deleted: _builtins.bool = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artist_name", b"artist_name", "deleted", b"deleted", "version", b"version"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___InvalidateProfileRequest: _TypeAlias = InvalidateProfileRequest  # noqa: Y015
-
-@_typing.final
-class InvalidateProfileResponse(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    REDIS_INVALIDATED_FIELD_NUMBER: _builtins.int
-    redis_invalidated: _builtins.bool
-    """False when Redis could not be reached; the in-process tier was still
-    invalidated.
-    """
-    def __init__(
-        self,
-        *,
-        redis_invalidated: _builtins.bool = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["redis_invalidated", b"redis_invalidated"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___InvalidateProfileResponse: _TypeAlias = InvalidateProfileResponse  # noqa: Y015
-
-@_typing.final
 class GetCacheStatsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -240,7 +191,11 @@ class GetCacheStatsResponse(_message.Message):
     @_builtins.property
     def in_process(self) -> Global___TierStats: ...
     @_builtins.property
-    def redis(self) -> Global___TierStats: ...
+    def redis(self) -> Global___TierStats:
+        """Redis's entries and bytes are the whole server's key count and used_memory
+        (summed over the masters of a cluster), markers included.
+        """
+
     @_builtins.property
     def errors(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Error counts by kind (redis_timeout, redis_connection, store_unavailable, ...)."""

@@ -27,7 +27,8 @@ if _version_not_supported:
 
 class CacheGatewayServiceStub:
     """The fast read path for style profiles: an in-process tier, then Redis, then
-    the profile store.
+    the profile store. The store invalidates copies through Redis, not through
+    this service.
     """
 
     def __init__(self, channel):
@@ -40,11 +41,6 @@ class CacheGatewayServiceStub:
                 '/stylebase.cache_gateway.v1.CacheGatewayService/GetStyleProfile',
                 request_serializer=stylebase_dot_cache__gateway_dot_v1_dot_cache__gateway__service__pb2.GetStyleProfileRequest.SerializeToString,
                 response_deserializer=stylebase_dot_cache__gateway_dot_v1_dot_cache__gateway__service__pb2.GetStyleProfileResponse.FromString,
-                _registered_method=True)
-        self.InvalidateProfile = channel.unary_unary(
-                '/stylebase.cache_gateway.v1.CacheGatewayService/InvalidateProfile',
-                request_serializer=stylebase_dot_cache__gateway_dot_v1_dot_cache__gateway__service__pb2.InvalidateProfileRequest.SerializeToString,
-                response_deserializer=stylebase_dot_cache__gateway_dot_v1_dot_cache__gateway__service__pb2.InvalidateProfileResponse.FromString,
                 _registered_method=True)
         self.GetCacheStats = channel.unary_unary(
                 '/stylebase.cache_gateway.v1.CacheGatewayService/GetCacheStats',
@@ -60,19 +56,12 @@ class CacheGatewayServiceStub:
 
 class CacheGatewayServiceServicer:
     """The fast read path for style profiles: an in-process tier, then Redis, then
-    the profile store.
+    the profile store. The store invalidates copies through Redis, not through
+    this service.
     """
 
     def GetStyleProfile(self, request, context):
         """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def InvalidateProfile(self, request, context):
-        """Called by the profile store after every committed save or delete; drops
-        every copy older than version on every gateway replica.
-        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -98,11 +87,6 @@ def add_CacheGatewayServiceServicer_to_server(servicer, server):
                     request_deserializer=stylebase_dot_cache__gateway_dot_v1_dot_cache__gateway__service__pb2.GetStyleProfileRequest.FromString,
                     response_serializer=stylebase_dot_cache__gateway_dot_v1_dot_cache__gateway__service__pb2.GetStyleProfileResponse.SerializeToString,
             ),
-            'InvalidateProfile': grpc.unary_unary_rpc_method_handler(
-                    servicer.InvalidateProfile,
-                    request_deserializer=stylebase_dot_cache__gateway_dot_v1_dot_cache__gateway__service__pb2.InvalidateProfileRequest.FromString,
-                    response_serializer=stylebase_dot_cache__gateway_dot_v1_dot_cache__gateway__service__pb2.InvalidateProfileResponse.SerializeToString,
-            ),
             'GetCacheStats': grpc.unary_unary_rpc_method_handler(
                     servicer.GetCacheStats,
                     request_deserializer=stylebase_dot_cache__gateway_dot_v1_dot_cache__gateway__service__pb2.GetCacheStatsRequest.FromString,
@@ -123,7 +107,8 @@ def add_CacheGatewayServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class CacheGatewayService:
     """The fast read path for style profiles: an in-process tier, then Redis, then
-    the profile store.
+    the profile store. The store invalidates copies through Redis, not through
+    this service.
     """
 
     @staticmethod
@@ -143,33 +128,6 @@ class CacheGatewayService:
             '/stylebase.cache_gateway.v1.CacheGatewayService/GetStyleProfile',
             stylebase_dot_cache__gateway_dot_v1_dot_cache__gateway__service__pb2.GetStyleProfileRequest.SerializeToString,
             stylebase_dot_cache__gateway_dot_v1_dot_cache__gateway__service__pb2.GetStyleProfileResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def InvalidateProfile(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/stylebase.cache_gateway.v1.CacheGatewayService/InvalidateProfile',
-            stylebase_dot_cache__gateway_dot_v1_dot_cache__gateway__service__pb2.InvalidateProfileRequest.SerializeToString,
-            stylebase_dot_cache__gateway_dot_v1_dot_cache__gateway__service__pb2.InvalidateProfileResponse.FromString,
             options,
             channel_credentials,
             insecure,

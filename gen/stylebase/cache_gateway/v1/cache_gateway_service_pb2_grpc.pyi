@@ -28,7 +28,8 @@ GRPC_VERSION: str
 
 class CacheGatewayServiceStub:
     """The fast read path for style profiles: an in-process tier, then Redis, then
-    the profile store.
+    the profile store. The store invalidates copies through Redis, not through
+    this service.
     """
 
     @_typing.overload
@@ -36,10 +37,6 @@ class CacheGatewayServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> CacheGatewayServiceAsyncStub: ...
     GetStyleProfile: _grpc.UnaryUnaryMultiCallable[_cache_gateway_service_pb2.GetStyleProfileRequest, _cache_gateway_service_pb2.GetStyleProfileResponse]
-    InvalidateProfile: _grpc.UnaryUnaryMultiCallable[_cache_gateway_service_pb2.InvalidateProfileRequest, _cache_gateway_service_pb2.InvalidateProfileResponse]
-    """Called by the profile store after every committed save or delete; drops
-    every copy older than version on every gateway replica.
-    """
     GetCacheStats: _grpc.UnaryUnaryMultiCallable[_cache_gateway_service_pb2.GetCacheStatsRequest, _cache_gateway_service_pb2.GetCacheStatsResponse]
     WarmCache: _grpc.UnaryUnaryMultiCallable[_cache_gateway_service_pb2.WarmCacheRequest, _cache_gateway_service_pb2.WarmCacheResponse]
     """Loads profiles from the store into both tiers."""
@@ -47,22 +44,20 @@ class CacheGatewayServiceStub:
 @_typing.type_check_only
 class CacheGatewayServiceAsyncStub(CacheGatewayServiceStub):
     """The fast read path for style profiles: an in-process tier, then Redis, then
-    the profile store.
+    the profile store. The store invalidates copies through Redis, not through
+    this service.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetStyleProfile: _aio.UnaryUnaryMultiCallable[_cache_gateway_service_pb2.GetStyleProfileRequest, _cache_gateway_service_pb2.GetStyleProfileResponse]  # type: ignore[assignment]
-    InvalidateProfile: _aio.UnaryUnaryMultiCallable[_cache_gateway_service_pb2.InvalidateProfileRequest, _cache_gateway_service_pb2.InvalidateProfileResponse]  # type: ignore[assignment]
-    """Called by the profile store after every committed save or delete; drops
-    every copy older than version on every gateway replica.
-    """
     GetCacheStats: _aio.UnaryUnaryMultiCallable[_cache_gateway_service_pb2.GetCacheStatsRequest, _cache_gateway_service_pb2.GetCacheStatsResponse]  # type: ignore[assignment]
     WarmCache: _aio.UnaryUnaryMultiCallable[_cache_gateway_service_pb2.WarmCacheRequest, _cache_gateway_service_pb2.WarmCacheResponse]  # type: ignore[assignment]
     """Loads profiles from the store into both tiers."""
 
 class CacheGatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     """The fast read path for style profiles: an in-process tier, then Redis, then
-    the profile store.
+    the profile store. The store invalidates copies through Redis, not through
+    this service.
     """
 
     @_abc_1.abstractmethod
@@ -71,16 +66,6 @@ class CacheGatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _cache_gateway_service_pb2.GetStyleProfileRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_cache_gateway_service_pb2.GetStyleProfileResponse, _abc.Awaitable[_cache_gateway_service_pb2.GetStyleProfileResponse]]: ...
-
-    @_abc_1.abstractmethod
-    def InvalidateProfile(
-        self,
-        request: _cache_gateway_service_pb2.InvalidateProfileRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_cache_gateway_service_pb2.InvalidateProfileResponse, _abc.Awaitable[_cache_gateway_service_pb2.InvalidateProfileResponse]]:
-        """Called by the profile store after every committed save or delete; drops
-        every copy older than version on every gateway replica.
-        """
 
     @_abc_1.abstractmethod
     def GetCacheStats(
