@@ -11,6 +11,7 @@ unrelated connection such as a readiness ping): the retry was answered from the 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import urllib.request
 import uuid
@@ -63,10 +64,11 @@ class Served:
 
     def replays(self, rpc: str) -> float:
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=10) as reply:  # noqa: S310 (loopback)
+        with urllib.request.urlopen(url, timeout=10) as reply:
             body = reply.read().decode()
         prefix = f'request_log_replays_total{{rpc="{rpc}"}} '
-        return sum(float(line[len(prefix) :]) for line in body.splitlines() if line.startswith(prefix))
+        lines = body.splitlines()
+        return sum(float(line[len(prefix) :]) for line in lines if line.startswith(prefix))
 
 
 def _serve(
@@ -357,10 +359,8 @@ async def test_record_generation_without_request_id_never_answers_internal_after
     rows = 0
     for _ in range(ROUNDS):
         marker = f"out/{uuid.uuid4()}.mid"
-        request = generation_request(files=(marker,))
-        outcome = await _cut_then_retry(
-            served.proxy, lambda: stub.RecordGeneration(request), marker.encode()
-        )
+        call = functools.partial(stub.RecordGeneration, generation_request(files=(marker,)))
+        outcome = await _cut_then_retry(served.proxy, call, marker.encode())
         found = await _history_rows(db, marker)
         seen.extend(outcome.codes)
         rows += found
