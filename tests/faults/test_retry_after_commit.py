@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import random
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -381,3 +382,85 @@ async def _history_rows(db: Database, marker: str) -> int:
         m=json.dumps([marker]),
     )
     return count
+
+
+# -- a long run: cuts at random moments under concurrent writers ----------------------------
+
+
+@pytest.mark.faults
+async def test_random_cuts_under_load_leave_one_row_per_request_id(
+    analytics: tuple[Served, AnalyticsStub], store: tuple[Served, StoreStub], db: Database
+) -> None:
+    """Eight clients per service write with request ids, retrying until OK, while every
+    database connection of both services is reset at random moments. Every request id must
+    end with exactly one row, and the answer its client kept must name that row."""
+    (analytics_served, recorder), (store_served, profiles) = analytics, store
+    artist = f"Random Cuts {uuid.uuid4()}"
+    await profiles.GetOrCreateArtist(store_pb.GetOrCreateArtistRequest(name=artist))
+    codes: dict[str, int] = {}
+    answers: dict[str, tuple[str, str]] = {}  # marker -> (table, id in the answer)
+    stop = asyncio.Event()
+
+    async def retry(call: Callable[[], Awaitable[M]]) -> M:
+        # Every code is retried (and counted), so the rows tell whether a retry wrote twice
+        # even when some code it should never see (INTERNAL) came back.
+        for _ in range(20):
+            try:
+                answer = await call()
+            except grpc.aio.AioRpcError as exc:
+                codes[exc.code().name] = codes.get(exc.code().name, 0) + 1
+                await asyncio.sleep(0.05)
+                continue
+            codes["OK"] = codes.get("OK", 0) + 1
+            return answer
+        raise AssertionError(f"no answer in 20 attempts; codes so far {codes}")
+
+    async def record_client() -> None:
+        while not stop.is_set():
+            marker = f"out/{uuid.uuid4()}.mid"
+            request = generation_request(files=(marker,))
+            request.request_id = str(uuid.uuid4())
+            reply = await retry(functools.partial(recorder.RecordGeneration, request, timeout=10))
+            answers[marker] = ("generation_history", reply.generation.id)
+
+    async def source_client() -> None:
+        while not stop.is_set():
+            url = f"https://example.com/{uuid.uuid4()}"
+            request = store_pb.AddResearchSourceRequest(
+                artist_name=artist,
+                source=common_pb2.ResearchSource(source_type=common_pb2.SOURCE_TYPE_AUDIO, url=url),
+                request_id=str(uuid.uuid4()),
+            )
+            reply = await retry(functools.partial(profiles.AddResearchSource, request, timeout=10))
+            answers[url] = ("research_sources", reply.source.id)
+
+    async def chaos(seconds: float) -> int:
+        rng = random.Random(155)
+        cuts, until = 0, asyncio.get_running_loop().time() + seconds
+        while asyncio.get_running_loop().time() < until:
+            await asyncio.sleep(rng.uniform(0.05, 0.4))
+            cuts += analytics_served.proxy.cut() + store_served.proxy.cut()
+        stop.set()
+        return cuts
+
+    clients = [record_client() for _ in range(8)] + [source_client() for _ in range(8)]
+    cuts, *_ = await asyncio.gather(chaos(30.0), *clients)
+    duplicates = missing = wrong = 0
+    async with db.transaction() as session:
+        for marker, (table, answered) in answers.items():
+            if table == "generation_history":
+                sql = "SELECT id FROM generation_history WHERE output_files ? :m"
+            else:
+                sql = "SELECT id FROM research_sources WHERE url = :m"
+            ids = [str(row.id) for row in await session.execute(text(sql), {"m": marker})]
+            duplicates += len(ids) > 1
+            missing += not ids
+            wrong += ids != [answered]
+    print(
+        f"random cuts for 30 s: {cuts} connections reset, {len(answers)} writes with request"
+        f" ids, codes {dict(sorted(codes.items()))}, request ids with 2+ rows {duplicates},"
+        f" with none {missing}, answers naming another row {wrong}"
+    )
+    assert (duplicates, missing, wrong) == (0, 0, 0)
+    assert cuts > 0
+    assert set(codes) <= RETRYABLE | {"OK"}, codes
