@@ -23,13 +23,13 @@ from shared.errors import ArtistNotFound
 from stylebase.analytics.v1 import analytics_service_pb2 as pb
 
 FOREIGN_KEY_VIOLATION = "23503"
-UNIQUE_VIOLATION = "23505"
 # What the database gave each written record: artist id (None without an artist), created_at.
 Rows = dict[uuid.UUID, tuple[uuid.UUID | None, datetime]]
 
 # Artists are matched by name in the statement; a record naming an unknown artist is
 # simply not inserted and its caller gets NOT_FOUND. Group commit runs it alone, through
-# Database.fetch: one statement is its own transaction, one round trip.
+# Database.fetch: one statement is its own transaction, one round trip. A statement sent
+# again after it committed unheard finds its own ids and inserts nothing (see written()).
 INSERT_BATCH = """
     INSERT INTO generation_history (id, artist_id, provider_used, generation_time_ms,
                                     tokens_used, cost_usd, user_params, output_files)
@@ -41,9 +41,10 @@ INSERT_BATCH = """
          AS v(id, artist_name, provider, time_ms, tokens, cost, params, files)
     LEFT JOIN artists a ON a.name = v.artist_name
     WHERE v.artist_name IS NULL OR a.id IS NOT NULL
+    ON CONFLICT (id) DO NOTHING
     RETURNING id, artist_id, created_at
 """
-_WRITTEN = text(
+WRITTEN = (
     "SELECT id, artist_id, created_at FROM generation_history WHERE id = ANY(CAST(:ids AS uuid[]))"
 )
 
@@ -100,14 +101,15 @@ def insert_params(
 async def insert(
     session: AsyncSession, ids: Sequence[uuid.UUID], generations: Sequence[NewGeneration]
 ) -> Rows:
+    """Insert in the session's transaction; the rows of ids an earlier attempt of this very
+    statement already wrote come back too (read, since the insert skipped them)."""
     result = await session.execute(text(INSERT_BATCH), insert_params(ids, generations))
-    return {row.id: (row.artist_id, row.created_at) for row in result}
-
-
-async def written(session: AsyncSession, ids: Sequence[uuid.UUID]) -> Rows:
-    """The rows already stored under these ids."""
-    result = await session.execute(_WRITTEN, {"ids": list(ids)})
-    return {row.id: (row.artist_id, row.created_at) for row in result}
+    rows = {row.id: (row.artist_id, row.created_at) for row in result}
+    missing = [id_ for id_ in ids if id_ not in rows]
+    if missing:  # unknown artists, or a statement re-sent after its commit went unheard
+        found = await session.execute(text(WRITTEN), {"ids": missing})
+        rows.update({row.id: (row.artist_id, row.created_at) for row in found})
+    return rows
 
 
 def answer(item: Pending, row: tuple[uuid.UUID | None, datetime]) -> pb.RecordGenerationResponse:

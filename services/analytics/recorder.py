@@ -23,16 +23,14 @@ from services.analytics import keyed
 from services.analytics.inserts import (
     FOREIGN_KEY_VIOLATION,
     INSERT_BATCH,
-    UNIQUE_VIOLATION,
+    WRITTEN,
     Pending,
-    Rows,
     batch_time_left,
     error_for,
     insert,
     insert_params,
     resolve,
     uuid7,
-    written,
 )
 from services.analytics.requests import NewGeneration
 from services.analytics.responses import recorded
@@ -94,13 +92,7 @@ class Recorder:
         ids = [uuid7() for _ in generations]
 
         async def write(session: AsyncSession) -> pb.BatchRecordGenerationsResponse:
-            try:
-                rows = await insert(session, ids, generations)
-            except DBAPIError as exc:
-                if sqlstate(exc) != UNIQUE_VIOLATION:
-                    raise
-                # These very ids exist: a first attempt committed without its answer arriving.
-                rows = await written(session, ids)
+            rows = await insert(session, ids, generations)
             for i, (id_, generation) in enumerate(zip(ids, generations, strict=True)):
                 if id_ not in rows:
                     name = generation.artist_name or ""
@@ -183,10 +175,6 @@ class Recorder:
         try:
             result = await self._db.fetch(*positional(INSERT_BATCH, params), time_left=time_left)
         except (StylebaseError, DBAPIError, asyncpg.PostgresError) as exc:
-            if sqlstate(exc) == UNIQUE_VIOLATION:
-                # The statement was sent again after it committed unheard: answer from the rows.
-                await self._resolve_written(live, time_left)
-                return
             if len(live) > 1 and not isinstance(exc, Unavailable | DeadlineExceeded):
                 # One record's problem (an artist deleted meanwhile) must not fail the others.
                 log.warning(
@@ -203,11 +191,9 @@ class Recorder:
             return
         rows = {row["id"]: (row["artist_id"], row["created_at"]) for row in result}
         GENERATION_HISTORY_SAVES.inc(len(rows))
-        resolve(live, rows)
-
-    async def _resolve_written(self, live: list[Pending], time_left: float | None) -> None:
-        async def read(session: AsyncSession) -> Rows:
-            return await written(session, [item.id for item in live])
-
-        rows = await self._db.run(read, time_left=time_left)
+        missing = [item.id for item in live if item.id not in rows]
+        if missing:  # unknown artists, or the statement re-sent after its commit went unheard
+            written = positional(WRITTEN, {"ids": missing})
+            found = await self._db.fetch(*written, time_left=time_left)
+            rows.update({row["id"]: (row["artist_id"], row["created_at"]) for row in found})
         resolve(live, rows)

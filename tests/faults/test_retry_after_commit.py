@@ -375,6 +375,27 @@ async def test_record_generation_without_request_id_never_answers_internal_after
         assert 1 <= found <= outcome.attempts
 
 
+async def test_batch_record_generations_without_request_id_never_answers_internal_after_a_cut(
+    analytics: tuple[Served, AnalyticsStub], db: Database
+) -> None:
+    """The batch's transaction re-run after its COMMIT went unheard re-sends the same ids: it
+    must answer from the rows it finds, not with the UniqueViolation as INTERNAL."""
+    served, stub = analytics
+    markers = [f"out/{uuid.uuid4()}.mid" for _ in range(3)]
+    request = analytics_pb.BatchRecordGenerationsRequest(
+        generations=[generation_request(files=(m,)) for m in markers]
+    )
+    outcome = await _cut_then_retry(served.proxy, lambda: stub.BatchRecordGenerations(request))
+    rows = sum([await _history_rows(db, m) for m in markers])
+    print(
+        f"BatchRecordGenerations without request_id, cut on 'COMMIT': codes {outcome.codes},"
+        f" attempts {outcome.attempts}, rows {rows}"
+    )
+    assert outcome.codes[-1] == "OK", outcome.codes
+    assert set(outcome.codes[:-1]) <= RETRYABLE, outcome.codes
+    assert 3 <= rows <= 3 * outcome.attempts
+
+
 async def _history_rows(db: Database, marker: str) -> int:
     count: int = await _scalar(
         db,
