@@ -465,7 +465,9 @@ async def test_random_cuts_under_load_leave_one_row_per_request_id(
         return cuts
 
     clients = [record_client() for _ in range(8)] + [source_client() for _ in range(8)]
-    cuts, *_ = await asyncio.gather(chaos(30.0), *clients)
+    cutting = asyncio.create_task(chaos(30.0))
+    await asyncio.gather(*clients)
+    cuts = await cutting
     duplicates = missing = wrong = 0
     async with db.transaction() as session:
         for marker, (table, answered) in answers.items():
