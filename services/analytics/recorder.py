@@ -168,6 +168,7 @@ class Recorder:
             await self._flush_plain(plain, batch_time_left(plain, now))
         with_keys = [item for item in live if item.key is not None]
         if with_keys:
+            now = asyncio.get_running_loop().time()  # after the plain records' statement
             await keyed.flush(self._db, with_keys, batch_time_left(with_keys, now))
 
     async def _flush_plain(self, live: list[Pending], time_left: float | None) -> None:
