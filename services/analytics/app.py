@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from pydantic import Field
+
 from services.analytics.recorder import Recorder
 from services.analytics.repository import AnalyticsRepository
 from services.analytics.servicer import AnalyticsServicer
@@ -17,11 +19,10 @@ from stylebase.analytics.v1 import analytics_service_pb2_grpc as pb_grpc
 class Settings(ServiceSettings):
     """Settings of the analytics process."""
 
-
-# Concurrent write transactions of RecordGeneration, each taking every record waiting (at
-# most RECORD_BATCH_MAX): few enough to leave the pool for reads, enough to overlap commits.
-RECORD_WRITERS = 4
-RECORD_BATCH_MAX = 256
+    # Concurrent write transactions of RecordGeneration, each taking every record waiting (at
+    # most the batch max): few enough to leave the pool for reads, enough to overlap commits.
+    analytics_record_writers: int = Field(default=4, ge=1, le=64)
+    analytics_record_batch_max: int = Field(default=256, ge=1, le=1000)
 
 
 async def build(settings: Settings) -> ServiceDefinition:
@@ -34,8 +35,8 @@ async def build(settings: Settings) -> ServiceDefinition:
     )
     recorder = Recorder(
         db,
-        writers=RECORD_WRITERS,
-        max_batch=RECORD_BATCH_MAX,
+        writers=settings.analytics_record_writers,
+        max_batch=settings.analytics_record_batch_max,
     )
     repository = AnalyticsRepository(recorder=recorder, reads=reads)
     servicer = AnalyticsServicer(repository)

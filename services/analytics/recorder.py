@@ -2,87 +2,46 @@
 
 Every insert runs the rollup triggers (migration c2e1d3b8f5a6) in its own transaction;
 their cost is mostly per statement, so writers take every record waiting in the queue
-and insert them with one statement. Under light load a batch is one record.
+and insert them with one statement. Under light load a batch is one record. Records with a
+request_id are written by the same batches, in a transaction that also claims their ids in
+the request log and stores their answers (services/analytics/keyed.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
-import os
-import time
-import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
 
 import asyncpg
-from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.analytics.requests import NewGeneration
-from shared.db.engine import Database, positional, sqlstate
-from shared.errors import (
-    ArtistNotFound,
-    DeadlineExceeded,
-    NotFound,
-    StylebaseError,
-    Unavailable,
+from services.analytics import keyed
+from services.analytics.inserts import (
+    FOREIGN_KEY_VIOLATION,
+    INSERT_BATCH,
+    WRITTEN,
+    Pending,
+    batch_time_left,
+    error_for,
+    insert,
+    insert_params,
+    resolve,
+    uuid7,
 )
+from services.analytics.requests import NewGeneration
+from services.analytics.responses import recorded
+from shared.db import idempotency
+from shared.db.engine import Database, positional, sqlstate
+from shared.db.idempotency import Key
+from shared.errors import DeadlineExceeded, NotFound, StylebaseError, Unavailable
 from shared.metrics import GENERATION_HISTORY_SAVES
+from stylebase.analytics.v1 import analytics_service_pb2 as pb
 
 log = logging.getLogger(__name__)
-
-_FOREIGN_KEY_VIOLATION = "23503"
-
-# Artists are matched by name in the statement; a record naming an unknown artist is
-# simply not inserted and its caller gets NOT_FOUND. Group commit runs it alone, through
-# Database.fetch: one statement is its own transaction, one round trip.
-INSERT_BATCH = """
-    INSERT INTO generation_history (id, artist_id, provider_used, generation_time_ms,
-                                    tokens_used, cost_usd, user_params, output_files)
-    SELECT v.id, a.id, v.provider, v.time_ms, v.tokens, v.cost, v.params::jsonb, v.files::jsonb
-    FROM unnest(CAST(:ids AS uuid[]), CAST(:names AS text[]), CAST(:providers AS text[]),
-                CAST(:times AS integer[]), CAST(:tokens AS bigint[]),
-                CAST(:costs AS double precision[]), CAST(:params AS text[]),
-                CAST(:files AS text[]))
-         AS v(id, artist_name, provider, time_ms, tokens, cost, params, files)
-    LEFT JOIN artists a ON a.name = v.artist_name
-    WHERE v.artist_name IS NULL OR a.id IS NOT NULL
-    RETURNING id, artist_id, created_at
-"""
-
-
-def uuid7() -> uuid.UUID:
-    """A time-ordered UUID (RFC 9562 version 7): new ids land at the right edge of the
-    primary-key index instead of at random pages."""
-    millis = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (millis & (2**48 - 1)) << 80 | 0x7 << 76 | (rand >> 62 & 0xFFF) << 64
-    value |= 0b10 << 62 | rand & (2**62 - 1)
-    return uuid.UUID(int=value)
-
-
-@dataclass(frozen=True)
-class Recorded:
-    id: uuid.UUID
-    artist_id: uuid.UUID | None
-    created_at: datetime
-    generation: NewGeneration
-
-
-@dataclass
-class _Pending:
-    generation: NewGeneration
-    deadline: float | None
-    future: asyncio.Future[Recorded]
-    id: uuid.UUID = field(default_factory=uuid7)
-
-    def time_left(self, now: float) -> float | None:
-        return None if self.deadline is None else self.deadline - now
 
 
 class Recorder:
@@ -92,27 +51,48 @@ class Recorder:
         self._db = db
         self._writers = writers
         self._max_batch = max_batch
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._queue: asyncio.Queue[Pending] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
+        self._pruner = idempotency.Pruner(db)
 
-    async def record(self, generation: NewGeneration, *, time_left: float | None) -> Recorded:
+    async def record(
+        self, generation: NewGeneration, *, key: Key | None = None, time_left: float | None
+    ) -> pb.RecordGenerationResponse:
         if not self._tasks:
-            self._tasks = [asyncio.create_task(self._writer()) for _ in range(self._writers)]
+            # A clean context: a writer serves every caller, so it must not keep the request
+            # id and trace of whichever caller happened to start it.
+            self._tasks = [
+                asyncio.create_task(self._writer(), context=contextvars.Context())
+                for _ in range(self._writers)
+            ]
         loop = asyncio.get_running_loop()
         deadline = None if time_left is None else loop.time() + time_left
-        pending = _Pending(generation, deadline, loop.create_future())
+        pending = Pending(generation, deadline, loop.create_future(), key)
         self._queue.put_nowait(pending)
-        return await pending.future
+        try:
+            response = await asyncio.wait_for(pending.future, time_left)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                "the deadline expired before the record was confirmed; it may have been"
+                " written (send a request_id to retry safely)"
+            ) from None
+        if key is not None:
+            self._pruner.poke()
+        return response
 
     async def record_many(
-        self, generations: Sequence[NewGeneration], *, time_left: float | None
-    ) -> list[Recorded]:
+        self,
+        generations: Sequence[NewGeneration],
+        *,
+        key: Key | None = None,
+        time_left: float | None,
+    ) -> pb.BatchRecordGenerationsResponse:
         """A caller's own batch: one statement and one transaction of its own, all or nothing.
         It skips the queue, since it is already the group that group commit would form."""
         ids = [uuid7() for _ in generations]
 
-        async def work(session: AsyncSession) -> list[Recorded]:
-            rows = await self._insert(session, ids, generations)
+        async def write(session: AsyncSession) -> pb.BatchRecordGenerationsResponse:
+            rows = await insert(session, ids, generations)
             for i, (id_, generation) in enumerate(zip(ids, generations, strict=True)):
                 if id_ not in rows:
                     name = generation.artist_name or ""
@@ -122,20 +102,30 @@ class Recorder:
                         reason="ARTIST_NOT_FOUND",
                         metadata={"artist_name": name, "index": str(i)},
                     )
-            return [Recorded(i, *rows[i], g) for i, g in zip(ids, generations, strict=True)]
+            return pb.BatchRecordGenerationsResponse(
+                generations=[
+                    recorded(i, *rows[i], g) for i, g in zip(ids, generations, strict=True)
+                ]
+            )
+
+        async def work(session: AsyncSession) -> pb.BatchRecordGenerationsResponse:
+            kind = pb.BatchRecordGenerationsResponse
+            return await idempotency.once(session, key, kind, lambda: write(session))
 
         try:
-            recorded = await self._db.run(work, time_left=time_left)
+            response = await self._db.run(work, time_left=time_left)
         except DBAPIError as exc:
-            if sqlstate(exc) == _FOREIGN_KEY_VIOLATION:
+            if sqlstate(exc) == FOREIGN_KEY_VIOLATION:
                 raise NotFound(
                     "an artist named in generations was deleted while the batch was written;"
                     " nothing was recorded",
                     reason="ARTIST_NOT_FOUND",
                 ) from exc
             raise
-        GENERATION_HISTORY_SAVES.inc(len(recorded))
-        return recorded
+        GENERATION_HISTORY_SAVES.inc(len(response.generations))
+        if key is not None:
+            self._pruner.poke()
+        return response
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -151,16 +141,18 @@ class Recorder:
             while len(batch) < self._max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
-                await self._flush(batch)
+                # The batch's statement runs in its first caller's context (trace, request
+                # id); the writer's own context stays clean.
+                await asyncio.create_task(self._flush(batch), context=batch[0].context.copy())
             except Exception as exc:  # a writer must outlive any one batch
                 log.exception("recording %d generations failed", len(batch))
                 for item in batch:
                     if not item.future.done():
                         item.future.set_exception(exc)
 
-    async def _flush(self, batch: list[_Pending]) -> None:
+    async def _flush(self, batch: list[Pending]) -> None:
         now = asyncio.get_running_loop().time()
-        live: list[_Pending] = []
+        live: list[Pending] = []
         for item in batch:
             left = item.time_left(now)
             if item.future.done():  # the caller went away before its turn
@@ -171,14 +163,18 @@ class Recorder:
                 )
                 continue
             live.append(item)
-        if not live:
-            return
-        lefts = [t for t in (item.time_left(now) for item in live) if t is not None]
-        params = _insert_params([item.id for item in live], [item.generation for item in live])
+        plain = [item for item in live if item.key is None]
+        if plain:
+            await self._flush_plain(plain, batch_time_left(plain, now))
+        with_keys = [item for item in live if item.key is not None]
+        if with_keys:
+            now = asyncio.get_running_loop().time()  # after the plain records' statement
+            await keyed.flush(self._db, with_keys, batch_time_left(with_keys, now))
+
+    async def _flush_plain(self, live: list[Pending], time_left: float | None) -> None:
+        params = insert_params([item.id for item in live], [item.generation for item in live])
         try:
-            result = await self._db.fetch(
-                *positional(INSERT_BATCH, params), time_left=min(lefts, default=None)
-            )
+            result = await self._db.fetch(*positional(INSERT_BATCH, params), time_left=time_left)
         except (StylebaseError, DBAPIError, asyncpg.PostgresError) as exc:
             if len(live) > 1 and not isinstance(exc, Unavailable | DeadlineExceeded):
                 # One record's problem (an artist deleted meanwhile) must not fail the others.
@@ -186,48 +182,19 @@ class Recorder:
                     "a batch of %d records failed (%s); writing them one by one", len(live), exc
                 )
                 for item in live:
-                    await self._flush([item])
+                    now = asyncio.get_running_loop().time()
+                    await self._flush_plain([item], item.time_left(now))
                 return
-            error = self._error_for(live[0], exc) if len(live) == 1 else exc
+            error = error_for(live[0], exc) if len(live) == 1 else exc
             for item in live:
                 if not item.future.done():
                     item.future.set_exception(error)
             return
         rows = {row["id"]: (row["artist_id"], row["created_at"]) for row in result}
         GENERATION_HISTORY_SAVES.inc(len(rows))
-        for item in live:
-            if item.future.done():
-                continue
-            row = rows.get(item.id)
-            if row is None:
-                item.future.set_exception(ArtistNotFound(item.generation.artist_name or ""))
-            else:
-                item.future.set_result(Recorded(item.id, row[0], row[1], item.generation))
-
-    @staticmethod
-    def _error_for(item: _Pending, exc: BaseException) -> BaseException:
-        if sqlstate(exc) == _FOREIGN_KEY_VIOLATION and item.generation.artist_name:
-            return ArtistNotFound(item.generation.artist_name)
-        return exc
-
-    @staticmethod
-    async def _insert(
-        session: AsyncSession, ids: Sequence[uuid.UUID], generations: Sequence[NewGeneration]
-    ) -> dict[uuid.UUID, tuple[uuid.UUID | None, datetime]]:
-        result = await session.execute(text(INSERT_BATCH), _insert_params(ids, generations))
-        return {row.id: (row.artist_id, row.created_at) for row in result}
-
-
-def _insert_params(
-    ids: Sequence[uuid.UUID], generations: Sequence[NewGeneration]
-) -> dict[str, list[Any]]:
-    return {
-        "ids": list(ids),
-        "names": [g.artist_name for g in generations],
-        "providers": [g.provider for g in generations],
-        "times": [g.generation_time_ms for g in generations],
-        "tokens": [g.tokens_used for g in generations],
-        "costs": [g.cost_usd for g in generations],
-        "params": [g.user_params_json for g in generations],
-        "files": [g.output_files_json for g in generations],
-    }
+        missing = [item.id for item in live if item.id not in rows]
+        if missing:  # unknown artists, or the statement re-sent after its commit went unheard
+            written = positional(WRITTEN, {"ids": missing})
+            found = await self._db.fetch(*written, time_left=time_left)
+            rows.update({row["id"]: (row["artist_id"], row["created_at"]) for row in found})
+        resolve(live, rows)

@@ -4,10 +4,12 @@ the read-only pool when one is configured."""
 from __future__ import annotations
 
 from services.analytics.history import HistoryPage, artist_history
-from services.analytics.recorder import Recorded, Recorder
+from services.analytics.recorder import Recorder
 from services.analytics.requests import NewGeneration, Window
 from services.analytics.stats import Stats, read_stats
 from shared.db.engine import Database
+from shared.db.idempotency import Key
+from stylebase.analytics.v1 import analytics_service_pb2 as pb
 
 
 class AnalyticsRepository:
@@ -15,13 +17,15 @@ class AnalyticsRepository:
         self._recorder = recorder
         self._reads = reads
 
-    async def record(self, generation: NewGeneration, *, time_left: float | None) -> Recorded:
-        return await self._recorder.record(generation, time_left=time_left)
+    async def record(
+        self, generation: NewGeneration, *, key: Key | None, time_left: float | None
+    ) -> pb.RecordGenerationResponse:
+        return await self._recorder.record(generation, key=key, time_left=time_left)
 
     async def record_many(
-        self, generations: list[NewGeneration], *, time_left: float | None
-    ) -> list[Recorded]:
-        return await self._recorder.record_many(generations, time_left=time_left)
+        self, generations: list[NewGeneration], *, key: Key | None, time_left: float | None
+    ) -> pb.BatchRecordGenerationsResponse:
+        return await self._recorder.record_many(generations, key=key, time_left=time_left)
 
     async def stats(self, window: Window, *, time_left: float | None) -> Stats:
         return await self._reads.run(lambda s: read_stats(s, window), time_left=time_left)

@@ -130,6 +130,13 @@ def new_generations(request: pb.BatchRecordGenerationsRequest) -> list[NewGenera
     problems: list[FieldViolation] = []
     checked: list[NewGeneration] = []
     for i, item in enumerate(request.generations):
+        if item.request_id:
+            problems.append(
+                FieldViolation(
+                    f"generations[{i}].request_id",
+                    "must be empty: the batch's own request_id covers every item",
+                )
+            )
         try:
             checked.append(new_generation(item))
         except InvalidArgument as exc:

@@ -2,60 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import grpc
 
 from services.analytics import requests
-from services.analytics.history import HistoryRow
-from services.analytics.recorder import Recorded
 from services.analytics.repository import AnalyticsRepository
-from shared.convert import timestamp
+from services.analytics.responses import history_row
+from shared.db.idempotency import key_of
 from stylebase.analytics.v1 import analytics_service_pb2 as pb
 from stylebase.analytics.v1 import analytics_service_pb2_grpc as pb_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
-
-
-def _params(values: dict[str, Any]) -> pb.UserParams:
-    return pb.UserParams(
-        bars=int(values.get("bars", 0)),
-        tempo=float(values.get("tempo", 0.0)),
-        time_signature=str(values.get("time_signature", "")),
-        variations=int(values.get("variations", 0)),
-    )
-
-
-def _recorded(row: Recorded) -> pb.Generation:
-    g = row.generation
-    return pb.Generation(
-        id=str(row.id),
-        artist_id="" if row.artist_id is None else str(row.artist_id),
-        artist_name=g.artist_name or "",
-        provider_used=g.provider,
-        generation_time_ms=g.generation_time_ms,
-        tokens_used=g.tokens_used,
-        cost_usd=g.cost_usd,
-        user_params=_params(json.loads(g.user_params_json)),
-        output_files=json.loads(g.output_files_json),
-        created_at=timestamp(row.created_at),
-    )
-
-
-def _history_row(row: HistoryRow, artist_name: str) -> pb.Generation:
-    return pb.Generation(
-        id=str(row.id),
-        artist_id="" if row.artist_id is None else str(row.artist_id),
-        artist_name=artist_name,
-        provider_used=row.provider_used,
-        generation_time_ms=row.generation_time_ms,
-        tokens_used=row.tokens_used,
-        cost_usd=row.cost_usd,
-        user_params=_params(row.user_params),
-        output_files=row.output_files,
-        created_at=timestamp(row.created_at),
-    )
 
 
 class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
@@ -66,17 +24,17 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         self, request: pb.RecordGenerationRequest, context: Context
     ) -> pb.RecordGenerationResponse:
         generation = requests.new_generation(request)
-        recorded = await self._repository.record(generation, time_left=context.time_remaining())
-        return pb.RecordGenerationResponse(generation=_recorded(recorded))
+        return await self._repository.record(
+            generation, key=key_of(request), time_left=context.time_remaining()
+        )
 
     async def BatchRecordGenerations(
         self, request: pb.BatchRecordGenerationsRequest, context: Context
     ) -> pb.BatchRecordGenerationsResponse:
         generations = requests.new_generations(request)
-        recorded = await self._repository.record_many(
-            generations, time_left=context.time_remaining()
+        return await self._repository.record_many(
+            generations, key=key_of(request), time_left=context.time_remaining()
         )
-        return pb.BatchRecordGenerationsResponse(generations=[_recorded(r) for r in recorded])
 
     async def GetStats(self, request: pb.GetStatsRequest, context: Context) -> pb.GetStatsResponse:
         stats = await self._repository.stats(
@@ -118,7 +76,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
             time_left=context.time_remaining(),
         )
         return pb.GetArtistHistoryResponse(
-            generations=[_history_row(row, page.artist_name) for row in page.rows],
+            generations=[history_row(row, page.artist_name) for row in page.rows],
             total_generations=page.total,
             next_page_token=page.next_page_token,
         )

@@ -14,19 +14,14 @@ from services.profile_store import artists, profiles
 from services.profile_store.invalidation import Invalidation, Invalidator, enqueue
 from services.profile_store.validation import ProfileInput, SourceInput
 from shared import convert, pagination
+from shared.db import idempotency
 from shared.db.engine import Database
+from shared.db.idempotency import Key
 from shared.errors import Aborted, ArtistNotFound, NotFound
 from shared.metrics import STYLE_PROFILE_SAVES
 from shared.validation import uuid_value
 from stylebase.common.v1 import common_pb2
-
-
-@dataclass(frozen=True)
-class SavedProfile:
-    profile: common_pb2.StyleProfile
-    artist: common_pb2.Artist
-    artist_created: bool
-    cache_invalidated: bool
+from stylebase.profile_store.v1 import profile_store_service_pb2 as pb
 
 
 @dataclass(frozen=True)
@@ -68,6 +63,7 @@ class ProfileRepository:
     def __init__(self, db: Database, invalidator: Invalidator | None = None) -> None:
         self.db = db
         self.invalidator = invalidator
+        self._pruner = idempotency.Pruner(db)
 
     async def _notify(self, events: Sequence[Invalidation], deadline: _Deadline) -> bool:
         if self.invalidator is None:
@@ -75,20 +71,35 @@ class ProfileRepository:
         return await self.invalidator.notify(events, deadline.left())
 
     async def get_or_create_artist(
-        self, name: str, *, time_left: float | None = None
-    ) -> tuple[common_pb2.Artist, bool]:
-        async def work(session: AsyncSession) -> tuple[common_pb2.Artist, bool]:
+        self, name: str, *, key: Key | None = None, time_left: float | None = None
+    ) -> pb.GetOrCreateArtistResponse:
+        async def create(session: AsyncSession) -> pb.GetOrCreateArtistResponse:
             # A concurrent delete can remove the row between the two statements; go again.
             for _ in range(3):
                 row = await artists.create(session, name)
                 if row is not None:
-                    return convert.artist_to_proto(row), True
+                    return pb.GetOrCreateArtistResponse(
+                        artist=convert.artist_to_proto(row), created=True
+                    )
                 row = await artists.by_name(session, name)
                 if row is not None:
-                    return convert.artist_to_proto(row), False
+                    return pb.GetOrCreateArtistResponse(
+                        artist=convert.artist_to_proto(row), created=False
+                    )
             raise Aborted(f"artist '{name}' was created and deleted concurrently; retry")
 
-        return await self.db.run(work, time_left=time_left)
+        async def work(session: AsyncSession) -> pb.GetOrCreateArtistResponse:
+            return await idempotency.once(
+                session, key, pb.GetOrCreateArtistResponse, lambda: create(session)
+            )
+
+        response = await self.db.run(work, time_left=time_left)
+        self._logged(key)
+        return response
+
+    def _logged(self, key: Key | None) -> None:
+        if key is not None:
+            self._pruner.poke()
 
     async def get_artist(
         self,
@@ -169,12 +180,13 @@ class ProfileRepository:
         item: ProfileInput,
         *,
         expected_version: int | None = None,
+        key: Key | None = None,
         time_left: float | None = None,
-    ) -> SavedProfile:
+    ) -> pb.SaveStyleProfileResponse:
         deadline = _Deadline(time_left)
         name = item.artist_name
 
-        async def work(session: AsyncSession) -> tuple[profiles.ArtistRow, Any]:
+        async def save(session: AsyncSession) -> pb.SaveStyleProfileResponse:
             artist = (await profiles.upsert_artists(session, [item]))[name]
             artist_id = artist.proto.id
             row: Any
@@ -191,14 +203,34 @@ class ProfileRepository:
                     "read it again and retry"
                 )
             await enqueue(session, [Invalidation(name, row.version)])
-            return artist, row
+            # Stored so in the request log; amended below once the gateway acknowledged.
+            return pb.SaveStyleProfileResponse(
+                profile=profiles.profile_to_proto(row._mapping, name),
+                artist=artist.proto,
+                artist_created=artist.created,
+                cache_invalidated=False,
+            )
 
-        artist, row = await self.db.run(work, time_left=time_left)
+        async def work(session: AsyncSession) -> tuple[pb.SaveStyleProfileResponse, bool]:
+            if key is not None:
+                stored = await idempotency.claim(session, key, pb.SaveStyleProfileResponse)
+                if stored is not None:
+                    return stored, True
+            response = await save(session)
+            if key is not None:
+                await idempotency.store(session, key, response)
+            return response, False
+
+        response, replayed = await self.db.run(work, time_left=time_left)
+        if replayed:  # the first call saved, invalidated (or left it to the relay) and answered
+            return response
         STYLE_PROFILE_SAVES.inc()
-        invalidated = await self._notify([Invalidation(name, row.version)], deadline)
-        return SavedProfile(
-            profiles.profile_to_proto(row._mapping, name), artist.proto, artist.created, invalidated
-        )
+        self._logged(key)
+        if await self._notify([Invalidation(name, response.profile.version)], deadline):
+            response.cache_invalidated = True
+            if key is not None:
+                await idempotency.amend(self.db, key, response, time_left=deadline.left())
+        return response
 
     async def batch_save(
         self, items: Sequence[ProfileInput], *, time_left: float | None = None
@@ -238,15 +270,28 @@ class ProfileRepository:
         return profiles.profile_to_proto(row, name)
 
     async def add_research_source(
-        self, name: str, item: SourceInput, *, time_left: float | None = None
-    ) -> common_pb2.ResearchSource:
-        async def work(session: AsyncSession) -> Any:
+        self,
+        name: str,
+        item: SourceInput,
+        *,
+        key: Key | None = None,
+        time_left: float | None = None,
+    ) -> pb.AddResearchSourceResponse:
+        async def add(session: AsyncSession) -> pb.AddResearchSourceResponse:
             artist = await artists.by_name(session, name)
             if artist is None:
                 raise ArtistNotFound(name)
-            return await artists.add_source(session, artist.id, item)
+            row = await artists.add_source(session, artist.id, item)
+            return pb.AddResearchSourceResponse(source=artists.source_to_proto(row))
 
-        return artists.source_to_proto(await self.db.run(work, time_left=time_left))
+        async def work(session: AsyncSession) -> pb.AddResearchSourceResponse:
+            return await idempotency.once(
+                session, key, pb.AddResearchSourceResponse, lambda: add(session)
+            )
+
+        response = await self.db.run(work, time_left=time_left)
+        self._logged(key)
+        return response
 
     async def list_research_sources(
         self,

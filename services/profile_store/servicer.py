@@ -10,6 +10,7 @@ from services.profile_store import validation
 from services.profile_store.repository import ProfileRepository
 from shared import convert
 from shared import validation as rules
+from shared.db.idempotency import key_of
 from shared.errors import InvalidArgument
 from stylebase.common.v1 import common_pb2
 from stylebase.profile_store.v1 import profile_store_service_pb2 as pb
@@ -26,10 +27,9 @@ class ProfileStoreServicer(pb_grpc.ProfileStoreServiceServicer):
         self, request: pb.GetOrCreateArtistRequest, context: Context
     ) -> pb.GetOrCreateArtistResponse:
         name = rules.artist_name(request.name, "name")
-        artist, created = await self.repository.get_or_create_artist(
-            name, time_left=context.time_remaining()
+        return await self.repository.get_or_create_artist(
+            name, key=key_of(request), time_left=context.time_remaining()
         )
-        return pb.GetOrCreateArtistResponse(artist=artist, created=created)
 
     async def GetArtist(
         self, request: pb.GetArtistRequest, context: Context
@@ -92,14 +92,11 @@ class ProfileStoreServicer(pb_grpc.ProfileStoreServiceServicer):
             if request.expected_version < 0:
                 raise InvalidArgument("expected_version", "must not be negative")
             expected = request.expected_version
-        saved = await self.repository.save_profile(
-            item, expected_version=expected, time_left=context.time_remaining()
-        )
-        return pb.SaveStyleProfileResponse(
-            profile=saved.profile,
-            artist=saved.artist,
-            artist_created=saved.artist_created,
-            cache_invalidated=saved.cache_invalidated,
+        return await self.repository.save_profile(
+            item,
+            expected_version=expected,
+            key=key_of(request),
+            time_left=context.time_remaining(),
         )
 
     async def GetStyleProfile(
@@ -129,10 +126,9 @@ class ProfileStoreServicer(pb_grpc.ProfileStoreServiceServicer):
     ) -> pb.AddResearchSourceResponse:
         name = rules.artist_name(request.artist_name)
         item = validation.source(request.source)
-        source = await self.repository.add_research_source(
-            name, item, time_left=context.time_remaining()
+        return await self.repository.add_research_source(
+            name, item, key=key_of(request), time_left=context.time_remaining()
         )
-        return pb.AddResearchSourceResponse(source=source)
 
     async def ListResearchSources(
         self, request: pb.ListResearchSourcesRequest, context: Context

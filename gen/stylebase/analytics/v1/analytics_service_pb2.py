@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n.stylebase/analytics/v1/analytics_service.proto\x12\x16stylebase.analytics.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"U\n\nUserParams\x12\x0c\n\x04\x62\x61rs\x18\x01 \x01(\x05\x12\r\n\x05tempo\x18\x02 \x01(\x01\x12\x16\n\x0etime_signature\x18\x03 \x01(\t\x12\x12\n\nvariations\x18\x04 \x01(\x05\"\x99\x02\n\nGeneration\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tartist_id\x18\x02 \x01(\t\x12\x13\n\x0b\x61rtist_name\x18\x03 \x01(\t\x12\x15\n\rprovider_used\x18\x04 \x01(\t\x12\x1a\n\x12generation_time_ms\x18\x05 \x01(\x05\x12\x13\n\x0btokens_used\x18\x06 \x01(\x03\x12\x10\n\x08\x63ost_usd\x18\x07 \x01(\x01\x12\x37\n\x0buser_params\x18\x08 \x01(\x0b\x32\".stylebase.analytics.v1.UserParams\x12\x14\n\x0coutput_files\x18\t \x03(\t\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd7\x01\n\x17RecordGenerationRequest\x12\x13\n\x0b\x61rtist_name\x18\x01 \x01(\t\x12\x15\n\rprovider_used\x18\x02 \x01(\t\x12\x1a\n\x12generation_time_ms\x18\x03 \x01(\x05\x12\x13\n\x0btokens_used\x18\x04 \x01(\x03\x12\x10\n\x08\x63ost_usd\x18\x05 \x01(\x01\x12\x37\n\x0buser_params\x18\x06 \x01(\x0b\x32\".stylebase.analytics.v1.UserParams\x12\x14\n\x0coutput_files\x18\x07 \x03(\t\"R\n\x18RecordGenerationResponse\x12\x36\n\ngeneration\x18\x01 \x01(\x0b\x32\".stylebase.analytics.v1.Generation\"e\n\x1d\x42\x61tchRecordGenerationsRequest\x12\x44\n\x0bgenerations\x18\x01 \x03(\x0b\x32/.stylebase.analytics.v1.RecordGenerationRequest\"Y\n\x1e\x42\x61tchRecordGenerationsResponse\x12\x37\n\x0bgenerations\x18\x01 \x03(\x0b\x32\".stylebase.analytics.v1.Generation\"g\n\x0fGetStatsRequest\x12)\n\x05since\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x84\x01\n\rProviderStats\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x13\n\x0bgenerations\x18\x02 \x01(\x03\x12\x1e\n\x16\x61vg_generation_time_ms\x18\x03 \x01(\x01\x12\x14\n\x0c\x61vg_cost_usd\x18\x04 \x01(\x01\x12\x16\n\x0etotal_cost_usd\x18\x05 \x01(\x01\"\xdc\x03\n\x10GetStatsResponse\x12\x19\n\x11total_generations\x18\x01 \x01(\x03\x12\x1e\n\x16\x61vg_generation_time_ms\x18\x02 \x01(\x01\x12\x16\n\x0etotal_cost_usd\x18\x03 \x01(\x01\x12S\n\x0eprovider_usage\x18\x04 \x03(\x0b\x32;.stylebase.analytics.v1.GetStatsResponse.ProviderUsageEntry\x12\x1f\n\x17\x61vg_cost_per_generation\x18\x05 \x01(\x01\x12\x16\n\x0e\x63\x61\x63hed_artists\x18\x06 \x01(\x03\x12\x1e\n\x16p50_generation_time_ms\x18\x07 \x01(\x01\x12\x1e\n\x16p95_generation_time_ms\x18\x08 \x01(\x01\x12\x38\n\tproviders\x18\t \x03(\x0b\x32%.stylebase.analytics.v1.ProviderStats\x12\x14\n\x0ctotal_tokens\x18\n \x01(\x03\x12!\n\x19percentile_relative_error\x18\x0b \x01(\x01\x1a\x34\n\x12ProviderUsageEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"Q\n\x17GetArtistHistoryRequest\x12\x13\n\x0b\x61rtist_name\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\x87\x01\n\x18GetArtistHistoryResponse\x12\x37\n\x0bgenerations\x18\x01 \x03(\x0b\x32\".stylebase.analytics.v1.Generation\x12\x19\n\x11total_generations\x18\x02 \x01(\x03\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t2\xe9\x03\n\x10\x41nalyticsService\x12u\n\x10RecordGeneration\x12/.stylebase.analytics.v1.RecordGenerationRequest\x1a\x30.stylebase.analytics.v1.RecordGenerationResponse\x12\x87\x01\n\x16\x42\x61tchRecordGenerations\x12\x35.stylebase.analytics.v1.BatchRecordGenerationsRequest\x1a\x36.stylebase.analytics.v1.BatchRecordGenerationsResponse\x12]\n\x08GetStats\x12\'.stylebase.analytics.v1.GetStatsRequest\x1a(.stylebase.analytics.v1.GetStatsResponse\x12u\n\x10GetArtistHistory\x12/.stylebase.analytics.v1.GetArtistHistoryRequest\x1a\x30.stylebase.analytics.v1.GetArtistHistoryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n.stylebase/analytics/v1/analytics_service.proto\x12\x16stylebase.analytics.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"U\n\nUserParams\x12\x0c\n\x04\x62\x61rs\x18\x01 \x01(\x05\x12\r\n\x05tempo\x18\x02 \x01(\x01\x12\x16\n\x0etime_signature\x18\x03 \x01(\t\x12\x12\n\nvariations\x18\x04 \x01(\x05\"\x99\x02\n\nGeneration\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tartist_id\x18\x02 \x01(\t\x12\x13\n\x0b\x61rtist_name\x18\x03 \x01(\t\x12\x15\n\rprovider_used\x18\x04 \x01(\t\x12\x1a\n\x12generation_time_ms\x18\x05 \x01(\x05\x12\x13\n\x0btokens_used\x18\x06 \x01(\x03\x12\x10\n\x08\x63ost_usd\x18\x07 \x01(\x01\x12\x37\n\x0buser_params\x18\x08 \x01(\x0b\x32\".stylebase.analytics.v1.UserParams\x12\x14\n\x0coutput_files\x18\t \x03(\t\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xeb\x01\n\x17RecordGenerationRequest\x12\x13\n\x0b\x61rtist_name\x18\x01 \x01(\t\x12\x15\n\rprovider_used\x18\x02 \x01(\t\x12\x1a\n\x12generation_time_ms\x18\x03 \x01(\x05\x12\x13\n\x0btokens_used\x18\x04 \x01(\x03\x12\x10\n\x08\x63ost_usd\x18\x05 \x01(\x01\x12\x37\n\x0buser_params\x18\x06 \x01(\x0b\x32\".stylebase.analytics.v1.UserParams\x12\x14\n\x0coutput_files\x18\x07 \x03(\t\x12\x12\n\nrequest_id\x18\x08 \x01(\t\"R\n\x18RecordGenerationResponse\x12\x36\n\ngeneration\x18\x01 \x01(\x0b\x32\".stylebase.analytics.v1.Generation\"y\n\x1d\x42\x61tchRecordGenerationsRequest\x12\x44\n\x0bgenerations\x18\x01 \x03(\x0b\x32/.stylebase.analytics.v1.RecordGenerationRequest\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"Y\n\x1e\x42\x61tchRecordGenerationsResponse\x12\x37\n\x0bgenerations\x18\x01 \x03(\x0b\x32\".stylebase.analytics.v1.Generation\"g\n\x0fGetStatsRequest\x12)\n\x05since\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x84\x01\n\rProviderStats\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x13\n\x0bgenerations\x18\x02 \x01(\x03\x12\x1e\n\x16\x61vg_generation_time_ms\x18\x03 \x01(\x01\x12\x14\n\x0c\x61vg_cost_usd\x18\x04 \x01(\x01\x12\x16\n\x0etotal_cost_usd\x18\x05 \x01(\x01\"\xdc\x03\n\x10GetStatsResponse\x12\x19\n\x11total_generations\x18\x01 \x01(\x03\x12\x1e\n\x16\x61vg_generation_time_ms\x18\x02 \x01(\x01\x12\x16\n\x0etotal_cost_usd\x18\x03 \x01(\x01\x12S\n\x0eprovider_usage\x18\x04 \x03(\x0b\x32;.stylebase.analytics.v1.GetStatsResponse.ProviderUsageEntry\x12\x1f\n\x17\x61vg_cost_per_generation\x18\x05 \x01(\x01\x12\x16\n\x0e\x63\x61\x63hed_artists\x18\x06 \x01(\x03\x12\x1e\n\x16p50_generation_time_ms\x18\x07 \x01(\x01\x12\x1e\n\x16p95_generation_time_ms\x18\x08 \x01(\x01\x12\x38\n\tproviders\x18\t \x03(\x0b\x32%.stylebase.analytics.v1.ProviderStats\x12\x14\n\x0ctotal_tokens\x18\n \x01(\x03\x12!\n\x19percentile_relative_error\x18\x0b \x01(\x01\x1a\x34\n\x12ProviderUsageEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"Q\n\x17GetArtistHistoryRequest\x12\x13\n\x0b\x61rtist_name\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\x87\x01\n\x18GetArtistHistoryResponse\x12\x37\n\x0bgenerations\x18\x01 \x03(\x0b\x32\".stylebase.analytics.v1.Generation\x12\x19\n\x11total_generations\x18\x02 \x01(\x03\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t2\xe9\x03\n\x10\x41nalyticsService\x12u\n\x10RecordGeneration\x12/.stylebase.analytics.v1.RecordGenerationRequest\x1a\x30.stylebase.analytics.v1.RecordGenerationResponse\x12\x87\x01\n\x16\x42\x61tchRecordGenerations\x12\x35.stylebase.analytics.v1.BatchRecordGenerationsRequest\x1a\x36.stylebase.analytics.v1.BatchRecordGenerationsResponse\x12]\n\x08GetStats\x12\'.stylebase.analytics.v1.GetStatsRequest\x1a(.stylebase.analytics.v1.GetStatsResponse\x12u\n\x10GetArtistHistory\x12/.stylebase.analytics.v1.GetArtistHistoryRequest\x1a\x30.stylebase.analytics.v1.GetArtistHistoryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,25 +39,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATION']._serialized_start=195
   _globals['_GENERATION']._serialized_end=476
   _globals['_RECORDGENERATIONREQUEST']._serialized_start=479
-  _globals['_RECORDGENERATIONREQUEST']._serialized_end=694
-  _globals['_RECORDGENERATIONRESPONSE']._serialized_start=696
-  _globals['_RECORDGENERATIONRESPONSE']._serialized_end=778
-  _globals['_BATCHRECORDGENERATIONSREQUEST']._serialized_start=780
-  _globals['_BATCHRECORDGENERATIONSREQUEST']._serialized_end=881
-  _globals['_BATCHRECORDGENERATIONSRESPONSE']._serialized_start=883
-  _globals['_BATCHRECORDGENERATIONSRESPONSE']._serialized_end=972
-  _globals['_GETSTATSREQUEST']._serialized_start=974
-  _globals['_GETSTATSREQUEST']._serialized_end=1077
-  _globals['_PROVIDERSTATS']._serialized_start=1080
-  _globals['_PROVIDERSTATS']._serialized_end=1212
-  _globals['_GETSTATSRESPONSE']._serialized_start=1215
-  _globals['_GETSTATSRESPONSE']._serialized_end=1691
-  _globals['_GETSTATSRESPONSE_PROVIDERUSAGEENTRY']._serialized_start=1639
-  _globals['_GETSTATSRESPONSE_PROVIDERUSAGEENTRY']._serialized_end=1691
-  _globals['_GETARTISTHISTORYREQUEST']._serialized_start=1693
-  _globals['_GETARTISTHISTORYREQUEST']._serialized_end=1774
-  _globals['_GETARTISTHISTORYRESPONSE']._serialized_start=1777
-  _globals['_GETARTISTHISTORYRESPONSE']._serialized_end=1912
-  _globals['_ANALYTICSSERVICE']._serialized_start=1915
-  _globals['_ANALYTICSSERVICE']._serialized_end=2404
+  _globals['_RECORDGENERATIONREQUEST']._serialized_end=714
+  _globals['_RECORDGENERATIONRESPONSE']._serialized_start=716
+  _globals['_RECORDGENERATIONRESPONSE']._serialized_end=798
+  _globals['_BATCHRECORDGENERATIONSREQUEST']._serialized_start=800
+  _globals['_BATCHRECORDGENERATIONSREQUEST']._serialized_end=921
+  _globals['_BATCHRECORDGENERATIONSRESPONSE']._serialized_start=923
+  _globals['_BATCHRECORDGENERATIONSRESPONSE']._serialized_end=1012
+  _globals['_GETSTATSREQUEST']._serialized_start=1014
+  _globals['_GETSTATSREQUEST']._serialized_end=1117
+  _globals['_PROVIDERSTATS']._serialized_start=1120
+  _globals['_PROVIDERSTATS']._serialized_end=1252
+  _globals['_GETSTATSRESPONSE']._serialized_start=1255
+  _globals['_GETSTATSRESPONSE']._serialized_end=1731
+  _globals['_GETSTATSRESPONSE_PROVIDERUSAGEENTRY']._serialized_start=1679
+  _globals['_GETSTATSRESPONSE_PROVIDERUSAGEENTRY']._serialized_end=1731
+  _globals['_GETARTISTHISTORYREQUEST']._serialized_start=1733
+  _globals['_GETARTISTHISTORYREQUEST']._serialized_end=1814
+  _globals['_GETARTISTHISTORYRESPONSE']._serialized_start=1817
+  _globals['_GETARTISTHISTORYRESPONSE']._serialized_end=1952
+  _globals['_ANALYTICSSERVICE']._serialized_start=1955
+  _globals['_ANALYTICSSERVICE']._serialized_end=2444
 # @@protoc_insertion_point(module_scope)

@@ -116,6 +116,7 @@ class RecordGenerationRequest(_message.Message):
     COST_USD_FIELD_NUMBER: _builtins.int
     USER_PARAMS_FIELD_NUMBER: _builtins.int
     OUTPUT_FILES_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     artist_name: _builtins.str
     """Optional; an unknown name is NOT_FOUND."""
     provider_used: _builtins.str
@@ -125,6 +126,17 @@ class RecordGenerationRequest(_message.Message):
     generation_time_ms: _builtins.int
     tokens_used: _builtins.int
     cost_usd: _builtins.float
+    request_id: _builtins.str
+    """Optional client request id (AIP-155) that makes a retry safe: a UUID or
+    another unique string of 1 to 64 printable ASCII characters without
+    spaces; empty means no idempotency. A repeat with the same request_id
+    within 24 hours writes nothing and returns the first call's response, byte
+    for byte (the same generation id and created_at). A repeat whose request
+    differs from the first in any other field is INVALID_ARGUMENT naming
+    request_id. Two concurrent calls with one request_id: one writes, the
+    other waits for it and returns its answer. Inside BatchRecordGenerations
+    it must be empty: the batch has its own.
+    """
     @_builtins.property
     def user_params(self) -> Global___UserParams: ...
     @_builtins.property
@@ -139,10 +151,11 @@ class RecordGenerationRequest(_message.Message):
         cost_usd: _builtins.float = ...,
         user_params: Global___UserParams | None = ...,
         output_files: _abc.Iterable[_builtins.str] | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["user_params", b"user_params"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artist_name", b"artist_name", "cost_usd", b"cost_usd", "generation_time_ms", b"generation_time_ms", "output_files", b"output_files", "provider_used", b"provider_used", "tokens_used", b"tokens_used", "user_params", b"user_params"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artist_name", b"artist_name", "cost_usd", b"cost_usd", "generation_time_ms", b"generation_time_ms", "output_files", b"output_files", "provider_used", b"provider_used", "request_id", b"request_id", "tokens_used", b"tokens_used", "user_params", b"user_params"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -173,6 +186,17 @@ class BatchRecordGenerationsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     GENERATIONS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Optional client request id (AIP-155) that makes a retry safe: a UUID or
+    another unique string of 1 to 64 printable ASCII characters without
+    spaces; empty means no idempotency. A repeat with the same request_id
+    within 24 hours writes nothing and returns the first call's response, byte
+    for byte (the same generations, ids and order). A repeat whose request
+    differs from the first in any other field is INVALID_ARGUMENT naming
+    request_id. Two concurrent calls with one request_id: one writes, the
+    other waits for it and returns its answer.
+    """
     @_builtins.property
     def generations(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecordGenerationRequest]:
         """1..1,000 items, each with RecordGeneration's rules."""
@@ -181,10 +205,11 @@ class BatchRecordGenerationsRequest(_message.Message):
         self,
         *,
         generations: _abc.Iterable[Global___RecordGenerationRequest] | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["generations", b"generations"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["generations", b"generations", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -24,15 +24,27 @@ class GetOrCreateArtistRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    request_id: _builtins.str
+    """Optional client request id (AIP-155) that makes a retry safe: a UUID or
+    another unique string of 1 to 64 printable ASCII characters without
+    spaces; empty means no idempotency. A repeat with the same request_id
+    within 24 hours writes nothing and returns the first call's response, byte
+    for byte (created stays true when the first call created the artist). A
+    repeat whose request differs from the first in any other field is
+    INVALID_ARGUMENT naming request_id. Two concurrent calls with one
+    request_id: one writes, the other waits for it and returns its answer.
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -256,9 +268,21 @@ class SaveStyleProfileRequest(_message.Message):
 
     PROFILE_FIELD_NUMBER: _builtins.int
     EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     expected_version: _builtins.int
     """When set, the save is refused with ABORTED unless the stored profile has
     this version (0: the profile must not exist yet).
+    """
+    request_id: _builtins.str
+    """Optional client request id (AIP-155) that makes a retry safe: a UUID or
+    another unique string of 1 to 64 printable ASCII characters without
+    spaces; empty means no idempotency. A repeat with the same request_id
+    within 24 hours writes nothing and returns the first call's response, byte
+    for byte (the same version, never ABORTED by the first call's own save,
+    and cache_invalidated as the first call reported it). A repeat whose
+    request differs from the first in any other field is INVALID_ARGUMENT
+    naming request_id. Two concurrent calls with one request_id: one writes,
+    the other waits for it and returns its answer.
     """
     @_builtins.property
     def profile(self) -> _common_pb2.StyleProfile:
@@ -269,10 +293,11 @@ class SaveStyleProfileRequest(_message.Message):
         *,
         profile: _common_pb2.StyleProfile | None = ...,
         expected_version: _builtins.int | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "expected_version", b"expected_version", "profile", b"profile"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "expected_version", b"expected_version", "profile", b"profile"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "expected_version", b"expected_version", "profile", b"profile", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expected_version: _TypeAlias = _typing.Literal["expected_version"]  # noqa: Y015
     _WhichOneofArgType__expected_version: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version"]  # noqa: Y015
@@ -432,7 +457,18 @@ class AddResearchSourceRequest(_message.Message):
 
     ARTIST_NAME_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     artist_name: _builtins.str
+    request_id: _builtins.str
+    """Optional client request id (AIP-155) that makes a retry safe: a UUID or
+    another unique string of 1 to 64 printable ASCII characters without
+    spaces; empty means no idempotency. A repeat with the same request_id
+    within 24 hours writes nothing and returns the first call's response, byte
+    for byte (the same source id, one row). A repeat whose request differs
+    from the first in any other field is INVALID_ARGUMENT naming request_id.
+    Two concurrent calls with one request_id: one writes, the other waits for
+    it and returns its answer.
+    """
     @_builtins.property
     def source(self) -> _common_pb2.ResearchSource:
         """artist_id, id and collected_at are ignored."""
@@ -442,10 +478,11 @@ class AddResearchSourceRequest(_message.Message):
         *,
         artist_name: _builtins.str = ...,
         source: _common_pb2.ResearchSource | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artist_name", b"artist_name", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artist_name", b"artist_name", "request_id", b"request_id", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
