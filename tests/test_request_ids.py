@@ -16,6 +16,7 @@ from sqlalchemy import text
 
 from shared.db import idempotency
 from shared.db.engine import Database
+from shared.embedded.redis import RedisServer
 from shared.grpc.status import field_violations
 from stylebase.analytics.v1 import analytics_service_pb2 as analytics_pb
 from stylebase.common.v1 import common_pb2
@@ -26,8 +27,11 @@ from tests.profile_store_support import Store, count, profile, rpc_error, runnin
 
 
 @pytest.fixture(scope="module")
-async def store(database_url: str) -> AsyncIterator[Store]:
-    async with running_store(database_url) as opened:
+async def store(database_url: str, redis_server: RedisServer) -> AsyncIterator[Store]:
+    # With Redis, a recording gateway acknowledges the store's invalidations.
+    async with running_store(
+        database_url, redis_url=redis_server.url, redis_key_prefix="test:request-ids"
+    ) as opened:
         yield opened
 
 
@@ -88,6 +92,7 @@ async def test_save_profile_repeat_is_not_aborted_by_its_own_save_and_keeps_the_
     assert first.cache_invalidated  # the recording gateway acknowledged
     again = await store.stub.SaveStyleProfile(request)
     assert again.SerializeToString() == first.SerializeToString()
+    assert store.gateway is not None
     assert [c.version for c in store.gateway.calls_for(name)] == [first.profile.version]
     # The same save without the request_id is a new request: ABORTED, the profile exists.
     plain = pb.SaveStyleProfileRequest(profile=profile(name), expected_version=0)
