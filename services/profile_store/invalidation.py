@@ -65,6 +65,14 @@ _DUE = text(
     WHERE next_attempt_at <= now() ORDER BY next_attempt_at LIMIT :limit
     """
 )
+# Once the store hears Redis again, whatever waited out the outage is due at once: the relay's
+# backoff was for Redis being away, and must not keep gateways on old copies after it is back.
+_DUE_NOW = text(
+    """
+    UPDATE profile_invalidation_outbox SET next_attempt_at = now(), attempts = 0
+    WHERE next_attempt_at > now()
+    """
+)
 _POSTPONE = text(
     _LOCK_IN_NAME_ORDER
     + """
@@ -186,10 +194,23 @@ class Invalidator:
         await self.db.run(record, time_left=5.0)
         return len(events) if done else 0
 
+    async def _all_due_now(self) -> None:
+        async def work(session: AsyncSession) -> int:
+            return int((await session.execute(_DUE_NOW)).rowcount)  # type: ignore[attr-defined]
+
+        hastened = await self.db.run(work, time_left=5.0)
+        if hastened:
+            log.info("Redis reachable again: %d held invalidations due now", hastened)
+
     async def relay_forever(self) -> None:
         """A background job of the profile_store process (the other: the authority's run)."""
+        heard = True
         while True:
             try:
+                listening = self.authority is not None and self.authority.listening
+                if listening and not heard:
+                    await self._all_due_now()
+                heard = listening or self.authority is None
                 await self.relay_once()
             except Exception as exc:  # a database outage must not end the relay
                 log.warning("invalidation relay round failed: %s", exc)
