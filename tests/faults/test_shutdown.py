@@ -1,0 +1,384 @@
+"""SIGTERM under load: every call in flight finishes, the process cleans up and exits 0."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import signal
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import grpc
+import pytest
+
+from shared.embedded.ports import free_port
+from shared.embedded.redis import RedisServer
+from shared.settings import to_libpq_url
+from stylebase.analytics.v1 import analytics_service_pb2 as analytics_pb
+from stylebase.analytics.v1 import analytics_service_pb2_grpc as analytics_grpc
+from stylebase.cache_gateway.v1 import cache_gateway_service_pb2 as gateway_pb
+from stylebase.cache_gateway.v1 import cache_gateway_service_pb2_grpc as gateway_grpc
+from stylebase.profile_store.v1 import profile_store_service_pb2 as store_pb
+from stylebase.profile_store.v1 import profile_store_service_pb2_grpc as store_grpc
+from stylebase.similarity.v1 import similarity_service_pb2 as similarity_pb
+from stylebase.similarity.v1 import similarity_service_pb2_grpc as similarity_grpc
+from tests.cache_gateway_support import profile
+from tests.harness import ServiceProcess, service_env
+
+GRACE = 20.0
+IN_FLIGHT = 16
+Call = Callable[[grpc.aio.Channel, int], Awaitable[Any]]
+
+
+def _name(i: int) -> str:
+    return f"Drain {uuid.uuid4().hex[:8]} {i}"
+
+
+async def _save(channel: grpc.aio.Channel, i: int) -> Any:
+    stub = store_grpc.ProfileStoreServiceStub(channel)
+    request = store_pb.SaveStyleProfileRequest(profile=profile(_name(i), seed=i))
+    return await stub.SaveStyleProfile(request, timeout=60)
+
+
+async def _search(channel: grpc.aio.Channel, i: int) -> Any:
+    stub = similarity_grpc.SimilarityServiceStub(channel)
+    request = similarity_pb.SearchByEmbeddingRequest(embedding=profile("x", seed=i).embedding)
+    return await stub.SearchByEmbedding(request, timeout=60)
+
+
+def _record(artist: str) -> Call:
+    async def record(channel: grpc.aio.Channel, i: int) -> Any:
+        stub = analytics_grpc.AnalyticsServiceStub(channel)
+        request = analytics_pb.RecordGenerationRequest(
+            artist_name=artist,
+            provider_used="template",
+            generation_time_ms=100 + i,
+            user_params=analytics_pb.UserParams(
+                bars=4, tempo=92, time_signature="4/4", variations=1
+            ),
+        )
+        return await stub.RecordGeneration(request, timeout=60)
+
+    return record
+
+
+def _get(names: list[str]) -> Call:
+    async def get(channel: grpc.aio.Channel, i: int) -> Any:
+        stub = gateway_grpc.CacheGatewayServiceStub(channel)
+        request = gateway_pb.GetStyleProfileRequest(artist_name=names[i % len(names)])
+        return await stub.GetStyleProfile(request, timeout=60)
+
+    return get
+
+
+class Stack:
+    """The four services as processes on fixed ports, so a replacement takes the same one."""
+
+    def __init__(
+        self, database_url: str, log_dir: Path, *, grace: float = GRACE, redis_url: str = ""
+    ) -> None:
+        self.ports = {s: free_port() for s in ("profile_store", "similarity", "analytics")}
+        self.ports["cache_gateway"] = free_port()
+        self.log_dir = log_dir
+        self.grace = grace
+        extra = {
+            "GRPC_GRACE_SECONDS": str(grace),
+            "LOG_LEVEL": "INFO",
+            "LOG_FORMAT": "text",
+            "CACHE_GATEWAY_TARGET": f"127.0.0.1:{self.ports['cache_gateway']}",
+            "PROFILE_STORE_TARGET": f"127.0.0.1:{self.ports['profile_store']}",
+            # The gateway's reads wait on the store as long as the store waits on its lock.
+            "CACHE_STORE_TIMEOUT_SECONDS": "60",
+            **{f"{s.upper()}_METRICS_PORT": "0" for s in self.ports},
+        }
+        if redis_url:
+            extra["REDIS_URL"] = redis_url
+        self.env = service_env(database_url, extra)
+        self.processes: dict[str, ServiceProcess] = {}
+        self.generation = collections.Counter[str]()
+
+    def start(self, service: str) -> ServiceProcess:
+        self.generation[service] += 1
+        log = self.log_dir / f"{service}.{self.generation[service]}.log"
+        process = ServiceProcess(service, self.env, port=self.ports[service], log_path=log)
+        self.processes[service] = process.start(timeout=60)
+        return process
+
+    def stop_all(self) -> None:
+        for process in self.processes.values():
+            process.stop()
+
+
+@pytest.fixture
+def stacks(database_url: str, tmp_path: Path) -> Iterator[Callable[..., Stack]]:
+    made: list[Stack] = []
+
+    def make(**options: Any) -> Stack:
+        made.append(Stack(database_url, tmp_path, **options))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for stack in made:
+            stack.stop_all()
+
+
+class Load:
+    """Fast calls against every service for the whole scenario; UNAVAILABLE is retried."""
+
+    def __init__(self, channels: dict[str, grpc.aio.Channel], calls: dict[str, Call]) -> None:
+        self.outcomes: dict[str, collections.Counter[str]] = {
+            s: collections.Counter() for s in calls
+        }
+        self.running = True
+        self.tasks = [
+            asyncio.create_task(self._loop(channels[s], calls[s], self.outcomes[s])) for s in calls
+        ]
+
+    async def _loop(
+        self, channel: grpc.aio.Channel, call: Call, outcomes: collections.Counter[str]
+    ) -> None:
+        i = 0
+        while self.running:
+            i += 1
+            try:
+                await call(channel, i)
+                outcomes["OK"] += 1
+            except grpc.aio.AioRpcError as exc:
+                outcomes[exc.code().name] += 1
+                await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        self.running = False
+        await asyncio.gather(*self.tasks)
+
+
+async def _waiting_on_locks(conn: asyncpg.Connection, application: str) -> int:
+    count: int = await conn.fetchval(
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE wait_event_type = 'Lock' AND application_name = $1",
+        application,
+    )
+    return count
+
+
+async def _backends(conn: asyncpg.Connection, application: str) -> int:
+    count: int = await conn.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", application
+    )
+    return count
+
+
+async def _until(check: Callable[[], Awaitable[bool]], within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if await check():
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+async def _restart_under_load(
+    stack: Stack, service: str, call: Call, lock_table: str, postgres_url: str
+) -> dict[str, Any]:
+    """Hold a lock so IN_FLIGHT calls wait inside the service, SIGTERM it, then release."""
+    old = stack.processes[service]
+    assert old.process is not None
+    # The gateway reaches the database through the store.
+    application = "profile_store" if service == "cache_gateway" else service
+    observer = await asyncpg.connect(postgres_url)
+    locker = await asyncpg.connect(postgres_url)
+    channel = grpc.aio.insecure_channel(old.target)
+    try:
+        lock = locker.transaction()
+        await lock.start()
+        await locker.execute(f"LOCK TABLE {lock_table} IN ACCESS EXCLUSIVE MODE")
+        calls = [asyncio.create_task(call(channel, i)) for i in range(IN_FLIGHT)]
+        blocked = await _until(lambda: _is_blocked(observer, application), within=30)
+        await asyncio.sleep(0.5)  # the rest reach the lock or queue behind it
+        in_flight = sum(not c.done() for c in calls)
+        old.process.send_signal(signal.SIGTERM)
+        await asyncio.sleep(1.5)
+        draining = old.process.poll() is None
+        await lock.commit()
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    finally:
+        await locker.close()
+        await channel.close(None)
+    failed = collections.Counter(
+        o.code().name if isinstance(o, grpc.aio.AioRpcError) else type(o).__name__
+        for o in outcomes
+        if isinstance(o, BaseException)
+    )
+    started = time.monotonic()
+    try:
+        code = old.process.wait(GRACE + 10)
+    except Exception:
+        code = None  # a hang: the finally of the fixture kills it
+    exit_seconds = time.monotonic() - started
+    gone = await _until(lambda: _no_backends(observer, application, service), within=10)
+    await observer.close()
+    log = old.log_path.read_text() if old.log_path else ""
+    stack.start(service)
+    return {
+        "service": service,
+        "blocked_on_lock": blocked,
+        "in_flight_at_sigterm": in_flight,
+        "draining_after_1.5s": draining,
+        "completed": sum(not isinstance(o, BaseException) for o in outcomes),
+        "failed": dict(failed),
+        "exit_code": code,
+        "exit_seconds_after_release": round(exit_seconds, 2),
+        "stopped_logged": f"{service} stopped" in log,
+        "traceback_in_log": "Traceback" in log,
+        "backends_left": not gone,
+    }
+
+
+async def _is_blocked(observer: asyncpg.Connection, application: str) -> bool:
+    return await _waiting_on_locks(observer, application) > 0
+
+
+async def _no_backends(observer: asyncpg.Connection, application: str, service: str) -> bool:
+    # The store's backends stay (it keeps running) when the gateway is the one restarted.
+    return service == "cache_gateway" or await _backends(observer, application) == 0
+
+
+async def _list(channel: grpc.aio.Channel, i: int) -> Any:
+    stub = store_grpc.ProfileStoreServiceStub(channel)
+    return await stub.ListArtists(store_pb.ListArtistsRequest(page_size=5), timeout=60)
+
+
+async def _stats(channel: grpc.aio.Channel, i: int) -> Any:
+    stub = analytics_grpc.AnalyticsServiceStub(channel)
+    return await stub.GetStats(analytics_pb.GetStatsRequest(), timeout=60)
+
+
+async def _seed(stack: Stack, count: int) -> list[str]:
+    names = [_name(i) for i in range(count)]
+    async with grpc.aio.insecure_channel(stack.processes["profile_store"].target) as channel:
+        stub = store_grpc.ProfileStoreServiceStub(channel)
+        for i, name in enumerate(names):
+            request = store_pb.SaveStyleProfileRequest(profile=profile(name, seed=i))
+            await stub.SaveStyleProfile(request, timeout=30)
+    return names
+
+
+def _channels(stack: Stack) -> dict[str, grpc.aio.Channel]:
+    return {s: grpc.aio.insecure_channel(p.target) for s, p in stack.processes.items()}
+
+
+async def test_rolling_restart_finishes_every_call_in_flight(
+    stacks: Callable[..., Stack], database_url: str
+) -> None:
+    stack = stacks()
+    for service in ("profile_store", "cache_gateway", "similarity", "analytics"):
+        stack.start(service)
+    cached = await _seed(stack, 4)
+    misses = await _seed(stack, IN_FLIGHT)  # never read before the gateway's round
+    channels = _channels(stack)
+    load = Load(
+        channels,
+        {
+            "profile_store": _list,
+            "similarity": _search,
+            "analytics": _stats,
+            "cache_gateway": _get(cached),
+        },
+    )
+    rounds = [
+        ("similarity", _search, "style_profiles"),
+        ("analytics", _record(cached[0]), "generation_history"),
+        ("cache_gateway", _get(misses), "style_profiles"),
+        ("profile_store", _save, "style_profiles"),
+    ]
+    figures = []
+    try:
+        for service, call, table in rounds:
+            figures.append(
+                await _restart_under_load(stack, service, call, table, to_libpq_url(database_url))
+            )
+            print("rolling restart:", figures[-1])
+    finally:
+        await load.stop()
+        for channel in channels.values():
+            await channel.close(None)
+    print("rolling restart, calls started during the restarts:", load.outcomes)
+    for round_ in figures:
+        assert round_["in_flight_at_sigterm"] == IN_FLIGHT, round_
+        assert round_["failed"] == {} and round_["completed"] == IN_FLIGHT, round_
+        assert round_["exit_code"] == 0, round_
+        assert round_["stopped_logged"] and not round_["traceback_in_log"], round_
+        assert not round_["backends_left"], round_
+    for service, outcomes in load.outcomes.items():
+        assert set(outcomes) <= {"OK", "UNAVAILABLE"}, (service, outcomes)
+        assert outcomes["OK"] > 0, (service, outcomes)
+
+
+async def _gateway_rounds(stack: Stack, rounds: int) -> dict[str, Any]:
+    stack.start("profile_store")
+    stack.start("cache_gateway")
+    names = await _seed(stack, 8)
+    channel = grpc.aio.insecure_channel(stack.processes["cache_gateway"].target)
+    loads = Load(
+        {f"client{i}": channel for i in range(8)}, {f"client{i}": _get(names) for i in range(8)}
+    )
+    exit_codes: collections.Counter[int | None] = collections.Counter()
+    hangs = 0
+    slowest = 0.0
+    try:
+        for _ in range(rounds):
+            await asyncio.sleep(0.5)
+            process = stack.processes["cache_gateway"].process
+            assert process is not None
+            process.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+            try:
+                code: int | None = await asyncio.to_thread(process.wait, stack.grace + 5)
+            except Exception:
+                hangs += 1
+                code = None
+                process.kill()
+                process.wait()
+            slowest = max(slowest, time.monotonic() - started)
+            exit_codes[code] += 1
+            stack.start("cache_gateway")
+    finally:
+        await loads.stop()
+        await channel.close(None)
+    outcomes = sum(loads.outcomes.values(), collections.Counter[str]())
+    return {
+        "rounds": rounds,
+        "hangs": hangs,
+        "exit_codes": dict(exit_codes),
+        "slowest_exit_seconds": round(slowest, 2),
+        "calls": dict(outcomes),
+    }
+
+
+def _assert_clean_rounds(figures: dict[str, Any]) -> None:
+    assert figures["hangs"] == 0, figures
+    assert figures["exit_codes"] == {0: figures["rounds"]}, figures
+    assert set(figures["calls"]) <= {"OK", "UNAVAILABLE"}, figures
+
+
+async def test_gateway_exits_on_every_sigterm_under_load(
+    stacks: Callable[..., Stack], redis_server: RedisServer
+) -> None:
+    figures = await _gateway_rounds(stacks(grace=3.0, redis_url=redis_server.url), rounds=3)
+    print("gateway SIGTERM rounds:", figures)
+    _assert_clean_rounds(figures)
+
+
+@pytest.mark.faults
+async def test_gateway_exits_on_fifty_sigterms_under_load(
+    stacks: Callable[..., Stack], redis_server: RedisServer
+) -> None:
+    figures = await _gateway_rounds(stacks(grace=3.0, redis_url=redis_server.url), rounds=50)
+    print("gateway SIGTERM rounds:", figures)
+    _assert_clean_rounds(figures)
