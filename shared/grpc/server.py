@@ -16,6 +16,9 @@ from grpc_reflection.v1alpha import reflection
 
 from shared.grpc.base import Registrar, UnaryServerInterceptor
 from shared.grpc.interceptors import ErrorInterceptor
+from shared.grpc.readiness import NOT_SERVING as NOT_SERVING  # re-exported for the services
+from shared.grpc.readiness import SERVING as SERVING
+from shared.grpc.readiness import Readiness, ReadinessGate
 from shared.metrics import MetricsServer, tracked_pools
 from shared.telemetry import TelemetryInterceptor
 from stylebase.admin.v1 import admin_service_pb2 as admin_pb
@@ -23,8 +26,6 @@ from stylebase.admin.v1 import admin_service_pb2_grpc as admin_grpc
 
 log = logging.getLogger(__name__)
 
-SERVING = health_pb2.HealthCheckResponse.SERVING
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 # Health name that is SERVING while the process runs, whatever its dependencies do:
 # liveness probes ask for it, so an outage of PostgreSQL or Redis never restarts a pod.
 LIVENESS = "liveness"
@@ -56,6 +57,8 @@ class ServiceDefinition:
     interceptors: list[UnaryServerInterceptor] = field(default_factory=list)
     # Filled in by create_server, so a service can publish extra health names.
     health: HealthServicer | None = None
+    # Filled in by create_server when there is a readiness check.
+    gate: ReadinessGate | None = None
 
 
 @dataclass
@@ -97,6 +100,10 @@ def create_server(address: str, definition: ServiceDefinition) -> tuple[grpc.aio
     """Build (not start) the server and bind it; port 0 picks a free port."""
     # Telemetry is outermost, so it records the status the client really gets.
     interceptors = [TelemetryInterceptor(), *definition.interceptors, ErrorInterceptor()]
+    if definition.readiness is not None:
+        # Innermost: the error interceptor turns its refusals into statuses.
+        definition.gate = ReadinessGate(definition.name, definition.full_names)
+        interceptors.append(definition.gate)
     server = grpc.aio.server()
     registrar = Registrar(server, interceptors)
     definition.register(registrar)
@@ -122,32 +129,22 @@ def create_server(address: str, definition: ServiceDefinition) -> tuple[grpc.aio
     return server, port
 
 
-async def _watch_readiness(running: RunningServer) -> None:
-    """NOT_SERVING until the dependencies answer; re-checked so probes follow outages."""
-    definition = running.definition
-    names = ["", *definition.full_names]
-    while True:
-        try:
-            if definition.readiness is not None:
-                await asyncio.wait_for(definition.readiness(), timeout=5)
-            status = SERVING
-        except Exception as exc:  # any failure of the check means not ready
-            log.warning("%s not ready: %s", definition.name, exc)
-            status = NOT_SERVING
-        for name in names:
-            await running.health.set(name, status)
-        await asyncio.sleep(5 if status == SERVING else 0.5)
-
-
 async def start_server(address: str, definition: ServiceDefinition) -> RunningServer:
     server, port = create_server(address, definition)
-    await server.start()
     assert definition.health is not None
     running = RunningServer(server, port, definition.health, definition)
-    for name in ["", *definition.full_names]:
-        await running.health.set(name, NOT_SERVING)
+    readiness = Readiness(
+        definition.name,
+        definition.readiness,
+        definition.health,
+        ["", *definition.full_names],
+        definition.gate,
+    )
+    # The first check runs before the port takes calls, so the gate is right from the first.
+    await readiness.update()
     await running.health.set(LIVENESS, SERVING)
-    running.tasks.append(asyncio.create_task(_watch_readiness(running), name="readiness"))
+    await server.start()
+    running.tasks.append(asyncio.create_task(readiness.watch(), name="readiness"))
     running.tasks.extend(
         asyncio.create_task(job(), name=getattr(job, "__qualname__", repr(job)))
         for job in definition.background
