@@ -7,7 +7,7 @@ import collections
 import signal
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from tests.harness import ServiceProcess, service_env
 
 GRACE = 20.0
 IN_FLIGHT = 16
-Call = Callable[[grpc.aio.Channel, int], Awaitable[Any]]
+Call = Callable[[grpc.aio.Channel, int], Coroutine[Any, Any, Any]]
 
 
 def _name(i: int) -> str:
