@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
@@ -27,7 +29,7 @@ from stylebase.profile_store.v1 import profile_store_service_pb2_grpc as store_g
 from stylebase.similarity.v1 import similarity_service_pb2 as similarity_pb
 from stylebase.similarity.v1 import similarity_service_pb2_grpc as similarity_grpc
 from tests.cache_gateway_support import profile
-from tests.harness import ServiceProcess, service_env
+from tests.harness import ROOT, ServiceProcess, service_env, wait_serving
 
 GRACE = 20.0
 IN_FLIGHT = 16
@@ -401,3 +403,61 @@ async def test_gateway_exits_on_fifty_sigterms_under_load(
     figures = await _gateway_rounds(stacks(grace=3.0, redis_url=redis_server.url), rounds=50)
     print("gateway SIGTERM rounds:", figures)
     _assert_clean_rounds(figures)
+
+
+# A service whose background tasks and cleanup swallow their cancellation, the ways seen in
+# the field: a bare except around a sleep, and contextlib.suppress around a task being
+# cancelled from inside a task that is itself being cancelled.
+STUBBORN_SERVICE = """
+import asyncio, contextlib, sys
+from shared.grpc.server import ServiceDefinition, serve
+from shared.logging import configure_logging
+from shared.runner import run_bounded
+
+async def stubborn() -> None:
+    while True:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            pass
+
+async def nested() -> None:
+    inner = asyncio.create_task(stubborn())
+    while True:
+        with contextlib.suppress(asyncio.CancelledError):
+            await inner
+
+definition = ServiceDefinition(
+    name="stubborn", full_names=[], register=lambda server: None,
+    background=[stubborn, nested], cleanups=[stubborn],
+)
+configure_logging("stubborn", "INFO", "text")
+run_bounded(serve(f"127.0.0.1:{sys.argv[1]}", definition, grace=1))
+print("process exits", flush=True)
+"""
+
+
+def test_tasks_that_swallow_cancellation_never_keep_a_service_alive() -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-c", STUBBORN_SERVICE, str(port)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_serving(f"127.0.0.1:{port}", process=process, timeout=60)
+        process.send_signal(signal.SIGTERM)
+        # grace + background tasks + the cleanup + leftovers, and a generous margin.
+        output = process.communicate(timeout=1 + 2 + 5 + 2 + 20)[0].decode()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    print(output)
+    abandoned = output.count("abandoned")
+    print(f"stubborn service: exit {process.returncode}, abandoned {abandoned}")
+    assert process.returncode == 0, output
+    assert "stubborn stopped" in output and "process exits" in output, output
+    # Both background tasks, the cleanup, and at exit whatever still would not end.
+    assert abandoned >= 3, output
