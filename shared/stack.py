@@ -23,8 +23,9 @@ from shared.settings import SERVICES, StackSettings, to_asyncpg_url, to_libpq_ur
 
 log = logging.getLogger(__name__)
 
-# Beyond GRPC_GRACE_SECONDS, what a stopping service gets for its cleanups before SIGKILL.
-STOP_MARGIN_SECONDS = 5.0
+# Beyond GRPC_GRACE_SECONDS, what a stopping service gets for its background tasks and
+# cleanups (each bounded in shared.grpc.server) before SIGKILL.
+STOP_MARGIN_SECONDS = 10.0
 
 
 class StackError(RuntimeError):

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 # Health name that is SERVING while the process runs, whatever its dependencies do:
 # liveness probes ask for it, so an outage of PostgreSQL or Redis never restarts a pod.
 LIVENESS = "liveness"
+# Beyond the grace, how long shutdown waits for grpc to end the calls still running.
+SERVER_STOP_MARGIN_SECONDS = 5.0
 # How long shutdown waits for the background tasks, all together, once the drain is over.
 TASK_STOP_SECONDS = 2.0
 # How long shutdown waits for each cleanup (pool dispose, Redis, channels).
@@ -161,7 +163,12 @@ async def stop_server(running: RunningServer, grace: float) -> None:
     """
     name = running.definition.name
     await running.health.enter_graceful_shutdown()
-    await running.server.stop(grace)
+    # Never cancelled (that would abort the drain), only no longer waited for: grpc ends
+    # the calls still running at the end of grace, and that takes it a moment at most.
+    stopping = asyncio.ensure_future(running.server.stop(grace))
+    await asyncio.wait([stopping], timeout=grace + SERVER_STOP_MARGIN_SECONDS)
+    if not stopping.done():
+        log.error("%s: the gRPC server had not stopped %s s after its grace", name, grace)
     await cancel_and_wait(running.tasks, TASK_STOP_SECONDS, f"{name} background task")
     for cleanup in running.definition.cleanups:
         await _bounded_cleanup(name, cleanup)
