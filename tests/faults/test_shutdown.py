@@ -33,6 +33,9 @@ from tests.harness import ROOT, ServiceProcess, service_env, wait_serving
 
 GRACE = 20.0
 IN_FLIGHT = 16
+# Beyond the grace, what a stop may take before it counts as a hang: the server's own bounds
+# (grpc's stop 5 s, background tasks 2 s, each cleanup 5 s, leftovers 2 s) and a margin.
+HANG_AFTER = 20.0
 Call = Callable[[grpc.aio.Channel, int], Coroutine[Any, Any, Any]]
 
 
@@ -99,6 +102,7 @@ class Stack:
         }
         if redis_url:
             extra["REDIS_URL"] = redis_url
+        extra["PYTHONFAULTHANDLER"] = "1"
         self.env = service_env(database_url, extra)
         self.processes: dict[str, ServiceProcess] = {}
         self.generation = collections.Counter[str]()
@@ -349,12 +353,17 @@ async def _gateway_rounds(stack: Stack, rounds: int) -> dict[str, Any]:
             started = time.monotonic()
             serving.append((since, started))
             try:
-                code: int | None = await asyncio.to_thread(process.wait, stack.grace + 5)
+                code: int | None = await asyncio.to_thread(process.wait, stack.grace + HANG_AFTER)
             except Exception:
                 hangs += 1
                 code = None
-                process.kill()
-                process.wait()
+                # PYTHONFAULTHANDLER: SIGABRT writes every thread's stack into the log.
+                process.send_signal(signal.SIGABRT)
+                try:
+                    process.wait(5)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
             slowest = max(slowest, time.monotonic() - started)
             exit_codes[code] += 1
             stack.start("cache_gateway")
