@@ -327,7 +327,9 @@ async def _rolling_restart(stack: Stack, database_url: str, services: list[str])
         assert round_["stopped_logged"] and not round_["traceback_in_log"], round_
         assert not round_["backends_left"], round_
     for service, outcomes in load.outcomes.items():
-        assert set(outcomes) <= {"OK", "UNAVAILABLE"}, (service, outcomes)
+        # A fast call that reaches the server as it stops may be CANCELLED by grpc core before
+        # any handler saw it (grpc/grpc#41785); the calls a handler held all finished above.
+        assert set(outcomes) <= {"OK", "UNAVAILABLE", "CANCELLED"}, (service, outcomes)
         assert outcomes["OK"] > 0, (service, outcomes)
 
 
