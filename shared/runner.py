@@ -6,12 +6,12 @@ import asyncio
 import importlib
 import logging
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, cast
 
 from pydantic import ValidationError
 
-from shared.grpc.server import PortInUse, ServiceDefinition, serve
+from shared.grpc.server import PortInUse, ServiceDefinition, cancel_and_wait, serve
 from shared.logging import configure_logging
 from shared.settings import ServiceName, ServiceSettings
 from shared.telemetry import configure_tracing
@@ -19,6 +19,8 @@ from shared.telemetry import configure_tracing
 log = logging.getLogger(__name__)
 
 Builder = Callable[[Any], Awaitable[ServiceDefinition]]
+# How long the tasks still pending when serve() returns get to end once cancelled.
+LEFTOVER_SECONDS = 2.0
 
 
 def load(name: ServiceName) -> tuple[type[ServiceSettings], Builder]:
@@ -47,7 +49,7 @@ def run_service(name: ServiceName) -> int:
         )
 
     try:
-        asyncio.run(main())
+        run_bounded(main())
     except PortInUse as exc:
         log.error("%s (set %s_PORT to a free port)", exc, name.upper())
         return 2
@@ -58,3 +60,25 @@ def run_service(name: ServiceName) -> int:
         if tracing is not None:
             tracing.shutdown()  # flushes spans still batched
     return 0
+
+
+def run_bounded(main: Coroutine[Any, Any, None]) -> None:
+    """asyncio.run, except that the tasks left when main returns get a bounded wait.
+
+    asyncio.run cancels leftovers and then waits for them without a limit, so a single task
+    that swallows its cancellation (a broad except inside a loop) would keep the process
+    alive after it reported itself stopped. Here such a task is logged and abandoned with the
+    loop; main has already drained the server and run the cleanups by then.
+    """
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(main)
+    finally:
+        try:
+            leftovers = list(asyncio.all_tasks(loop))
+            if leftovers:
+                loop.run_until_complete(cancel_and_wait(leftovers, LEFTOVER_SECONDS, "task"))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            loop.close()

@@ -23,6 +23,10 @@ from shared.settings import SERVICES, StackSettings, to_asyncpg_url, to_libpq_ur
 
 log = logging.getLogger(__name__)
 
+# Beyond GRPC_GRACE_SECONDS, what a stopping service gets for its background tasks and
+# cleanups (each bounded in shared.grpc.server) before SIGKILL.
+STOP_MARGIN_SECONDS = 10.0
+
 
 class StackError(RuntimeError):
     """A bad environment: one clear line for the operator, nothing half-created."""
@@ -67,11 +71,40 @@ def _child_env(settings: StackSettings, database_url: str) -> dict[str, str]:
     return env
 
 
-def _wait_serving(target: str, process: subprocess.Popen[bytes], name: str, timeout: float) -> None:
+class StopRequested(Exception):
+    """SIGINT or SIGTERM arrived: stop where start-up is, clean up, exit 0."""
+
+
+class Signals:
+    """Records SIGINT and SIGTERM; start-up checks between (and inside) its steps.
+
+    Nothing is raised from the handler itself: an exception landing in the middle of initdb,
+    a migration or a Popen would leave a half-made cluster or a child no one tracks.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self.requested = True
+
+    def check(self) -> None:
+        if self.requested:
+            raise StopRequested
+
+
+def _wait_serving(
+    target: str, process: subprocess.Popen[bytes], name: str, timeout: float, signals: Signals
+) -> None:
     deadline = time.monotonic() + timeout
     with grpc.insecure_channel(target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
+            signals.check()
             if process.poll() is not None:
                 raise StackError(f"{name} exited with code {process.returncode}; see its log above")
             try:
@@ -84,15 +117,25 @@ def _wait_serving(target: str, process: subprocess.Popen[bytes], name: str, time
     raise StackError(f"{name} did not report SERVING on {target} within {timeout:.0f} s")
 
 
+def _spawn(service: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    # Its own session: a Ctrl-C at the terminal reaches only this supervisor, which then
+    # sends each child one SIGTERM, instead of every child getting SIGINT and SIGTERM both.
+    return subprocess.Popen(
+        [sys.executable, "-m", f"services.{service}"], env=env, start_new_session=True
+    )
+
+
 def _stop_children(children: dict[str, subprocess.Popen[bytes]], grace: float) -> None:
+    """One SIGTERM each, then grace plus a margin for their cleanups, then SIGKILL."""
     for process in children.values():
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + grace + 5
-    for process in children.values():
+    deadline = time.monotonic() + grace + STOP_MARGIN_SECONDS
+    for name, process in children.items():
         try:
             process.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
+            log.warning("%s did not stop within %.0f s of SIGTERM; killing it", name, grace)
             process.kill()
             process.wait()
 
@@ -100,56 +143,69 @@ def _stop_children(children: dict[str, subprocess.Popen[bytes]], grace: float) -
 def up(settings: StackSettings) -> int:
     """Start everything, print where it listens, and run until Ctrl-C or SIGTERM."""
     check_ports(settings)
-    embedded: EmbeddedPostgres | None = None
+    signals = Signals()
+    signals.install()
     children: dict[str, subprocess.Popen[bytes]] = {}
-    stop = False
-
-    def _on_signal(signum: int, _frame: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+    embedded: list[EmbeddedPostgres] = []
     try:
-        if settings.database_url is None:
-            pgdata = Path(settings.stylebase_data_dir) / "postgres"
-            embedded = EmbeddedPostgres(pgdata, settings.embedded_postgres_port)
-            try:
-                database_url = to_asyncpg_url(embedded.start())
-            except EmbeddedPostgresError as exc:
-                embedded = None
-                raise StackError(str(exc)) from exc
-            log.info(
-                "embedded PostgreSQL with pgvector on 127.0.0.1:%s (data in %s)",
-                embedded.port,
-                pgdata,
-            )
-        else:
-            database_url = settings.database_url
-        asyncio.run(check_pgvector(database_url))
-        migrate.upgrade(database_url)
-        _after_migrate(database_url, settings)
-
-        env = _child_env(settings, database_url)
-        for service in SERVICES:
-            children[service] = subprocess.Popen(
-                [sys.executable, "-m", f"services.{service}"], env=env
-            )
-        for service in SERVICES:
-            target = f"127.0.0.1:{settings.port_of(service)}"
-            _wait_serving(target, children[service], service, timeout=60)
-        _print_banner(settings, database_url, embedded is not None)
-        while not stop:
+        _start(settings, signals, children, embedded)
+        while not signals.requested:
             for name, process in children.items():
                 if process.poll() is not None:
                     raise StackError(f"{name} exited with code {process.returncode}")
             time.sleep(0.2)
         print("stopping Stylebase…", flush=True)
         return 0
+    except StopRequested:
+        print("start-up interrupted; stopping Stylebase…", flush=True)
+        return 0
+    except StackError:
+        # A child or initdb the same Ctrl-C reached fails start-up; the stop was still asked for.
+        if signals.requested:
+            print("stopping Stylebase…", flush=True)
+            return 0
+        raise
     finally:
         _stop_children(children, settings.grpc_grace_seconds)
-        if embedded is not None:
-            embedded.stop()
+        for server in embedded:
+            server.stop()
+
+
+def _start(
+    settings: StackSettings,
+    signals: Signals,
+    children: dict[str, subprocess.Popen[bytes]],
+    embedded: list[EmbeddedPostgres],
+) -> None:
+    """Each step leaves what it made in children or embedded, for up() to stop."""
+    if settings.database_url is None:
+        pgdata = Path(settings.stylebase_data_dir) / "postgres"
+        server = EmbeddedPostgres(pgdata, settings.embedded_postgres_port)
+        try:
+            database_url = to_asyncpg_url(server.start())
+        except EmbeddedPostgresError as exc:
+            raise StackError(str(exc)) from exc
+        finally:
+            embedded.append(server)  # stop() is a no-op when it never started
+        log.info(
+            "embedded PostgreSQL with pgvector on 127.0.0.1:%s (data in %s)", server.port, pgdata
+        )
+    else:
+        database_url = settings.database_url
+    signals.check()
+    asyncio.run(check_pgvector(database_url))
+    signals.check()
+    migrate.upgrade(database_url)
+    signals.check()
+    _after_migrate(database_url, settings)
+    env = _child_env(settings, database_url)
+    for service in SERVICES:
+        signals.check()
+        children[service] = _spawn(service, env)
+    for service in SERVICES:
+        target = f"127.0.0.1:{settings.port_of(service)}"
+        _wait_serving(target, children[service], service, 60, signals)
+    _print_banner(settings, database_url, bool(embedded))
 
 
 def _after_migrate(database_url: str, settings: StackSettings) -> None:

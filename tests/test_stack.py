@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -55,16 +56,55 @@ def _grpcurl(*args: str) -> str:
     return result.stdout
 
 
+@dataclass
+class Up:
+    process: subprocess.Popen[str]
+    ports: dict[str, int]
+    banner: str
+    data_dir: Path
+
+
+def _start_up(env: dict[str, str]) -> subprocess.Popen[str]:
+    # Its own session, as a shell gives a foreground job: the tests signal the whole group,
+    # as Ctrl-C at a terminal does.
+    return subprocess.Popen(
+        _stylebase("up"),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _children(process: subprocess.Popen[str]) -> list[int]:
+    found = subprocess.run(
+        ["pgrep", "-P", str(process.pid), "-f", "services\\."], capture_output=True, text=True
+    ).stdout.split()
+    return [int(pid) for pid in found]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _ctrl_c(process: subprocess.Popen[str]) -> tuple[int, str]:
+    """SIGINT to the process group, as the terminal sends it; the exit code and the output."""
+    os.killpg(process.pid, signal.SIGINT)
+    rest, _ = process.communicate(timeout=60)
+    return process.returncode, rest
+
+
 @pytest.fixture(scope="module")
-def stack(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[tuple[subprocess.Popen[str], dict[str, int], str]]:
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
     """The stack as a newcomer's 'make run' starts it: no database URL, no Redis."""
     tmp_path = tmp_path_factory.mktemp("stack")
     env, ports = _stack_env(tmp_path)
-    process = subprocess.Popen(
-        _stylebase("up"), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    process = _start_up(env)
     assert process.stdout is not None
     banner: list[str] = []
     deadline = time.monotonic() + 120
@@ -76,29 +116,23 @@ def stack(
         if line.startswith("Ctrl-C stops everything"):
             break
     assert any("Stylebase is up" in line for line in banner), "".join(banner)
-    yield process, ports, "".join(banner)
+    yield Up(process, ports, "".join(banner), tmp_path / "data")
     if process.poll() is None:
-        process.send_signal(signal.SIGINT)
+        os.killpg(process.pid, signal.SIGKILL)
         process.wait(30)
 
 
-def test_up_prints_where_each_service_listens(
-    stack: tuple[subprocess.Popen[str], dict[str, int], str],
-) -> None:
-    _, ports, banner = stack
-    for service, port in ports.items():
-        assert f"{service}" in banner and f"127.0.0.1:{port}" in banner
-    assert "(embedded)" in banner
-    assert "in-process tier only" in banner
-    assert "grpcurl -plaintext" in banner
+def test_up_prints_where_each_service_listens(stack: Up) -> None:
+    for service, port in stack.ports.items():
+        assert f"{service}" in stack.banner and f"127.0.0.1:{port}" in stack.banner
+    assert "(embedded)" in stack.banner
+    assert "in-process tier only" in stack.banner
+    assert "grpcurl -plaintext" in stack.banner
 
 
 @pytest.mark.parametrize("service", SERVICES)
-def test_grpcurl_lists_describes_and_checks_health(
-    stack: tuple[subprocess.Popen[str], dict[str, int], str], service: str
-) -> None:
-    _, ports, _ = stack
-    target = f"127.0.0.1:{ports[service]}"
+def test_grpcurl_lists_describes_and_checks_health(stack: Up, service: str) -> None:
+    target = f"127.0.0.1:{stack.ports[service]}"
     listed = _grpcurl(target, "list").split()
     assert FULL_NAMES[service] in listed
     assert "grpc.health.v1.Health" in listed
@@ -110,20 +144,51 @@ def test_grpcurl_lists_describes_and_checks_health(
     assert '"status": "SERVING"' in health
 
 
-def test_each_service_is_its_own_process(
-    stack: tuple[subprocess.Popen[str], dict[str, int], str],
-) -> None:
-    process, _, _ = stack
-    children = subprocess.run(
-        ["pgrep", "-P", str(process.pid), "-f", "services\\."], capture_output=True, text=True
-    ).stdout.split()
-    assert len(children) == len(SERVICES)
+def test_each_service_is_its_own_process(stack: Up) -> None:
+    assert len(_children(stack.process)) == len(SERVICES)
 
 
-def test_ctrl_c_stops_everything(stack: tuple[subprocess.Popen[str], dict[str, int], str]) -> None:
-    process, ports, _ = stack
-    process.send_signal(signal.SIGINT)
-    assert process.wait(30) == 0
+def test_ctrl_c_stops_everything(stack: Up) -> None:
+    children = _children(stack.process)
+    code, output = _ctrl_c(stack.process)
+    left = [pid for pid in children if _alive(pid)]
+    postgres_running = (stack.data_dir / "postgres" / "postmaster.pid").exists()
+    print(
+        f"ctrl-c after start-up: exit {code}, children {len(children)}, left {len(left)}, "
+        f"postgres running {postgres_running}, tracebacks {output.count('Traceback')}"
+    )
+    assert code == 0, output
+    assert "Traceback" not in output, output
+    assert not left and not postgres_running
+    for port in stack.ports.values():
+        assert not port_in_use(port)
+
+
+def test_ctrl_c_during_start_up_stops_it_at_once(tmp_path: Path) -> None:
+    env, ports = _stack_env(tmp_path, STYLEBASE_SEED_DEMO="false")
+    process = _start_up(env)
+    try:
+        deadline = time.monotonic() + 120
+        while len(children := _children(process)) < len(SERVICES):
+            assert process.poll() is None, process.communicate()[0]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        code, output = _ctrl_c(process)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    left = [pid for pid in children if _alive(pid)]
+    postgres_running = (tmp_path / "data" / "postgres" / "postmaster.pid").exists()
+    print(
+        f"ctrl-c during start-up: exit {code}, children {len(children)}, left {len(left)}, "
+        f"postgres running {postgres_running}, came up anyway {'Stylebase is up' in output}, "
+        f"tracebacks {output.count('Traceback')}"
+    )
+    assert code == 0, output
+    assert "Stylebase is up" not in output, output
+    assert "Traceback" not in output, output
+    assert not left and not postgres_running
     for port in ports.values():
         assert not port_in_use(port)
 

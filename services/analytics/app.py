@@ -9,6 +9,7 @@ from pydantic import Field
 from services.analytics.recorder import Recorder
 from services.analytics.repository import AnalyticsRepository
 from services.analytics.servicer import AnalyticsServicer
+from shared.db import migrate
 from shared.db.engine import Database
 from shared.grpc.server import ServiceDefinition
 from shared.settings import ServiceSettings
@@ -47,6 +48,6 @@ async def build(settings: Settings) -> ServiceDefinition:
         name="analytics",
         full_names=[pb.DESCRIPTOR.services_by_name["AnalyticsService"].full_name],
         register=lambda server: pb_grpc.add_AnalyticsServiceServicer_to_server(servicer, server),
-        readiness=db.ping,
+        readiness=migrate.schema_check(db),
         cleanups=cleanups,
     )

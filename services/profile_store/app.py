@@ -11,6 +11,7 @@ from services.profile_store.invalidation import Invalidator
 from services.profile_store.repository import ProfileRepository
 from services.profile_store.servicer import ProfileStoreServicer
 from shared.cache.authority import Authority
+from shared.db import migrate
 from shared.db.engine import Database
 from shared.grpc.server import ServiceDefinition
 from shared.settings import RedisSettings, ServiceSettings
@@ -79,7 +80,7 @@ def assemble(settings: Settings) -> ProfileStore:
         name="profile_store",
         full_names=[pb.DESCRIPTOR.services_by_name["ProfileStoreService"].full_name],
         register=lambda server: pb_grpc.add_ProfileStoreServiceServicer_to_server(servicer, server),
-        readiness=db.ping,
+        readiness=migrate.schema_check(db),
         cleanups=[invalidations.close, db.dispose],
         background=[invalidations.relay_forever],
     )

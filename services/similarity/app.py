@@ -10,6 +10,7 @@ from services.similarity.canary import recall_canary
 from services.similarity.repository import SimilarityRepository
 from services.similarity.search import IndexSettings, configure_sessions
 from services.similarity.servicer import SimilarityServicer
+from shared.db import migrate
 from shared.db.engine import Database
 from shared.grpc.server import ServiceDefinition
 from shared.settings import ServiceSettings
@@ -68,7 +69,7 @@ async def build(settings: Settings) -> ServiceDefinition:
         name="similarity",
         full_names=[pb.DESCRIPTOR.services_by_name["SimilarityService"].full_name],
         register=lambda server: pb_grpc.add_SimilarityServiceServicer_to_server(servicer, server),
-        readiness=db.ping,
+        readiness=migrate.schema_check(db),
         cleanups=[db.dispose],
         background=background,
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -17,6 +16,9 @@ from grpc_reflection.v1alpha import reflection
 
 from shared.grpc.base import Registrar, UnaryServerInterceptor
 from shared.grpc.interceptors import ErrorInterceptor
+from shared.grpc.readiness import NOT_SERVING as NOT_SERVING  # re-exported for the services
+from shared.grpc.readiness import SERVING as SERVING
+from shared.grpc.readiness import Readiness, ReadinessGate
 from shared.metrics import MetricsServer, tracked_pools
 from shared.telemetry import TelemetryInterceptor
 from stylebase.admin.v1 import admin_service_pb2 as admin_pb
@@ -24,11 +26,15 @@ from stylebase.admin.v1 import admin_service_pb2_grpc as admin_grpc
 
 log = logging.getLogger(__name__)
 
-SERVING = health_pb2.HealthCheckResponse.SERVING
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 # Health name that is SERVING while the process runs, whatever its dependencies do:
 # liveness probes ask for it, so an outage of PostgreSQL or Redis never restarts a pod.
 LIVENESS = "liveness"
+# Beyond the grace, how long shutdown waits for grpc to end the calls still running.
+SERVER_STOP_MARGIN_SECONDS = 5.0
+# How long shutdown waits for the background tasks, all together, once the drain is over.
+TASK_STOP_SECONDS = 2.0
+# How long shutdown waits for each cleanup (pool dispose, Redis, channels).
+CLEANUP_SECONDS = 5.0
 
 
 class PortInUse(RuntimeError):
@@ -53,6 +59,8 @@ class ServiceDefinition:
     interceptors: list[UnaryServerInterceptor] = field(default_factory=list)
     # Filled in by create_server, so a service can publish extra health names.
     health: HealthServicer | None = None
+    # Filled in by create_server when there is a readiness check.
+    gate: ReadinessGate | None = None
 
 
 @dataclass
@@ -94,6 +102,10 @@ def create_server(address: str, definition: ServiceDefinition) -> tuple[grpc.aio
     """Build (not start) the server and bind it; port 0 picks a free port."""
     # Telemetry is outermost, so it records the status the client really gets.
     interceptors = [TelemetryInterceptor(), *definition.interceptors, ErrorInterceptor()]
+    if definition.readiness is not None:
+        # Innermost: the error interceptor turns its refusals into statuses.
+        definition.gate = ReadinessGate(definition.name, definition.full_names)
+        interceptors.append(definition.gate)
     server = grpc.aio.server()
     registrar = Registrar(server, interceptors)
     definition.register(registrar)
@@ -119,52 +131,81 @@ def create_server(address: str, definition: ServiceDefinition) -> tuple[grpc.aio
     return server, port
 
 
-async def _watch_readiness(running: RunningServer) -> None:
-    """NOT_SERVING until the dependencies answer; re-checked so probes follow outages."""
-    definition = running.definition
-    names = ["", *definition.full_names]
-    while True:
-        try:
-            if definition.readiness is not None:
-                await asyncio.wait_for(definition.readiness(), timeout=5)
-            status = SERVING
-        except Exception as exc:  # any failure of the check means not ready
-            log.warning("%s not ready: %s", definition.name, exc)
-            status = NOT_SERVING
-        for name in names:
-            await running.health.set(name, status)
-        await asyncio.sleep(5 if status == SERVING else 0.5)
-
-
 async def start_server(address: str, definition: ServiceDefinition) -> RunningServer:
     server, port = create_server(address, definition)
-    await server.start()
     assert definition.health is not None
     running = RunningServer(server, port, definition.health, definition)
-    for name in ["", *definition.full_names]:
-        await running.health.set(name, NOT_SERVING)
+    readiness = Readiness(
+        definition.name,
+        definition.readiness,
+        definition.health,
+        ["", *definition.full_names],
+        definition.gate,
+    )
+    # The first check runs before the port takes calls, so the gate is right from the first.
+    await readiness.update()
     await running.health.set(LIVENESS, SERVING)
-    running.tasks.append(asyncio.create_task(_watch_readiness(running)))
-    running.tasks.extend(asyncio.create_task(job()) for job in definition.background)
+    await server.start()
+    running.tasks.append(asyncio.create_task(readiness.watch(), name="readiness"))
+    running.tasks.extend(
+        asyncio.create_task(job(), name=getattr(job, "__qualname__", repr(job)))
+        for job in definition.background
+    )
     log.info("%s listening on %s", definition.name, address.rsplit(":", 1)[0] + f":{port}")
     return running
 
 
 async def stop_server(running: RunningServer, grace: float) -> None:
-    """Report NOT_SERVING, stop accepting, drain in-flight RPCs, then release resources."""
+    """Report NOT_SERVING, drain in-flight RPCs (refusing new ones), then release resources.
+
+    Background tasks stop after the drain, so a draining gateway still hears invalidations;
+    every step after the drain is bounded, so no task or cleanup can keep the process alive.
+    """
+    name = running.definition.name
     await running.health.enter_graceful_shutdown()
-    for task in running.tasks:
-        task.cancel()
-    for task in running.tasks:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
-    await running.server.stop(grace)
+    # Never cancelled (that would abort the drain), only no longer waited for: grpc ends
+    # the calls still running at the end of grace, and that takes it a moment at most.
+    stopping = asyncio.ensure_future(running.server.stop(grace))
+    await asyncio.wait([stopping], timeout=grace + SERVER_STOP_MARGIN_SECONDS)
+    if not stopping.done():
+        log.error("%s: the gRPC server had not stopped %s s after its grace", name, grace)
+    await cancel_and_wait(running.tasks, TASK_STOP_SECONDS, f"{name} background task")
     for cleanup in running.definition.cleanups:
-        try:
-            await cleanup()
-        except Exception:
-            log.exception("cleanup of %s failed", running.definition.name)
-    log.info("%s stopped", running.definition.name)
+        await _bounded_cleanup(name, cleanup)
+    log.info("%s stopped", name)
+
+
+async def cancel_and_wait(tasks: Sequence[asyncio.Task[Any]], within: float, what: str) -> None:
+    """Cancel tasks and wait at most `within` seconds for them; one that will not end is
+    logged by name and abandoned."""
+    pending = [task for task in tasks if not task.done()]
+    for task in pending:
+        task.cancel()
+    # asyncio.wait, not wait_for or gather: those wait for a task that swallows its
+    # cancellation for as long as it keeps running.
+    if pending:
+        await asyncio.wait(pending, timeout=within)
+    for task in tasks:
+        if not task.done():
+            log.error("%s %s did not stop within %s s; abandoned", what, task.get_name(), within)
+        elif not task.cancelled() and task.exception() is not None:
+            log.error("%s %s had failed", what, task.get_name(), exc_info=task.exception())
+
+
+async def _bounded_cleanup(name: str, cleanup: Callable[[], Awaitable[None]]) -> None:
+    task = asyncio.ensure_future(cleanup())
+    task.set_name(getattr(cleanup, "__qualname__", repr(cleanup)))
+    done, _ = await asyncio.wait([task], timeout=CLEANUP_SECONDS)
+    if not done:
+        task.cancel()
+        log.error(
+            "cleanup %s of %s did not finish within %s s; abandoned",
+            task.get_name(),
+            name,
+            CLEANUP_SECONDS,
+        )
+    elif task.exception() is not None:
+        log.error("cleanup %s of %s failed", task.get_name(), name, exc_info=task.exception())
 
 
 def start_metrics(host: str, port: int, variable: str) -> MetricsServer | None:
@@ -198,14 +239,22 @@ async def serve(
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, _on_signal, definition.name, sig, stop)
     try:
-        waiter = asyncio.create_task(running.server.wait_for_termination())
-        stopper = asyncio.create_task(stop.wait())
-        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        stopper.cancel()
-        waiter.cancel()
+        # Only the signal is awaited: cancelling a wait_for_termination() would cancel
+        # grpc's own shutdown future and turn the drain below into an abort.
+        await stop.wait()
     finally:
         await stop_server(running, grace)
         if metrics is not None:
             metrics.stop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+def _on_signal(name: str, sig: signal.Signals, stop: asyncio.Event) -> None:
+    if stop.is_set():
+        log.info("%s already stopping; %s ignored", name, sig.name)
+        return
+    log.info("%s received %s: draining", name, sig.name)
+    stop.set()
