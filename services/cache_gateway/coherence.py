@@ -124,30 +124,16 @@ class RedisLink:
         await self.on_state(False)
         try:
             while True:
-                if self.up:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), self.interval)
-                    self._wake.clear()
-                    if self.up:
-                        await self._heartbeat()
-                    if not self.up:
-                        await self._stop_listener()
-                        await self.on_state(False)
-                    continue
-                await asyncio.sleep(self.breaker.wait(time.monotonic()))
                 try:
-                    # Bounded as a whole: a frozen peer must not hold the monitor.
-                    async with asyncio.timeout(self.connect_timeout):
-                        await self._connect()
-                except FAILURES as exc:
-                    # Counted apart: these are the breaker's probes, not requests.
-                    self.stats.error("redis_reconnect")
-                    log.info("Redis still unreachable: %s", exc or type(exc).__name__)
-                    self.breaker.trip(time.monotonic())
+                    await self._step()
+                except Exception as exc:
+                    # The monitor is the only way back to Redis: whatever a step raised, it
+                    # counts as Redis lost and the monitor goes on.
+                    log.exception("Redis monitor step failed; treating Redis as lost")
+                    self.fail(exc)
                     await self._stop_listener()
-                    continue
-                await self.on_state(True)
-                self._spawn(self.on_recovered())
+                    await self.on_state(False)
+                    await asyncio.sleep(self.interval)
         finally:
             await self._stop_listener()
             for task in list(self._tasks):
@@ -158,6 +144,32 @@ class RedisLink:
                 # Leaving cleanly, so the store stops waiting for this gateway at once.
                 with contextlib.suppress(*FAILURES):
                     await asyncio.wait_for(self.tier.leave(self.member), _STOP_SECONDS)
+
+    async def _step(self) -> None:
+        if self.up:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            self._wake.clear()
+            if self.up:
+                await self._heartbeat()
+            if not self.up:
+                await self._stop_listener()
+                await self.on_state(False)
+            return
+        await asyncio.sleep(self.breaker.wait(time.monotonic()))
+        try:
+            # Bounded as a whole: a frozen peer must not hold the monitor.
+            async with asyncio.timeout(self.connect_timeout):
+                await self._connect()
+        except FAILURES as exc:
+            # Counted apart: these are the breaker's probes, not requests.
+            self.stats.error("redis_reconnect")
+            log.info("Redis still unreachable: %s", exc or type(exc).__name__)
+            self.breaker.trip(time.monotonic())
+            await self._stop_listener()
+            return
+        await self.on_state(True)
+        self._spawn(self.on_recovered())
 
     async def _heartbeat(self) -> None:
         sent = time.monotonic()

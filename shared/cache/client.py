@@ -26,8 +26,10 @@ log = logging.getLogger(__name__)
 
 Client = Redis | RedisCluster
 # What every Redis call of this package may raise when Redis cannot be used (a cluster
-# with no reachable node raises RedisClusterException, which is no RedisError).
-FAILURES = (RedisError, RedisClusterException, OSError, TimeoutError)
+# with no reachable node raises RedisClusterException, which is no RedisError; redis-py's
+# cluster client, sending on a node connection torn down under it while every node restarts,
+# raises AttributeError from its missing stream writer).
+FAILURES = (RedisError, RedisClusterException, OSError, TimeoutError, AttributeError)
 # Policies under which Redis may evict keys without a TTL: the markers.
 _EVICTS_MARKERS = ("allkeys-lru", "allkeys-lfu", "allkeys-random")
 

@@ -150,6 +150,16 @@ class RedisCluster:
             stderr=subprocess.DEVNULL,
             timeout=timeout,
         )
+        return self._wait_ok(timeout)
+
+    def restart(self, timeout: float = 30.0) -> str:
+        """Start the stopped nodes again: each reloads its nodes.conf (the slot map) but no
+        data, as a cluster without persistence does after losing every node."""
+        for node in self.nodes:
+            node.start()
+        return self._wait_ok(timeout)
+
+    def _wait_ok(self, timeout: float) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if all(b"cluster_state:ok" in _command(p, b"CLUSTER INFO\r\n") for p in self.ports):
