@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+from google.protobuf.message import Message
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.profile_store import artists, profiles
@@ -22,6 +23,8 @@ from shared.metrics import STYLE_PROFILE_SAVES
 from shared.validation import uuid_value
 from stylebase.common.v1 import common_pb2
 from stylebase.profile_store.v1 import profile_store_service_pb2 as pb
+
+M = TypeVar("M", bound=Message)
 
 
 @dataclass(frozen=True)
@@ -88,10 +91,19 @@ class ProfileRepository:
                     )
             raise Aborted(f"artist '{name}' was created and deleted concurrently; retry")
 
-        async def work(session: AsyncSession) -> pb.GetOrCreateArtistResponse:
-            return await idempotency.once(
-                session, key, pb.GetOrCreateArtistResponse, lambda: create(session)
-            )
+        return await self._once(key, pb.GetOrCreateArtistResponse, create, time_left)
+
+    async def _once(
+        self,
+        key: Key | None,
+        kind: type[M],
+        write: Callable[[AsyncSession], Awaitable[M]],
+        time_left: float | None,
+    ) -> M:
+        """write() in one transaction, at most once per request id; a repeat gets its answer."""
+
+        async def work(session: AsyncSession) -> M:
+            return await idempotency.once(session, key, kind, lambda: write(session))
 
         response = await self.db.run(work, time_left=time_left)
         self._logged(key)
@@ -284,14 +296,7 @@ class ProfileRepository:
             row = await artists.add_source(session, artist.id, item)
             return pb.AddResearchSourceResponse(source=artists.source_to_proto(row))
 
-        async def work(session: AsyncSession) -> pb.AddResearchSourceResponse:
-            return await idempotency.once(
-                session, key, pb.AddResearchSourceResponse, lambda: add(session)
-            )
-
-        response = await self.db.run(work, time_left=time_left)
-        self._logged(key)
-        return response
+        return await self._once(key, pb.AddResearchSourceResponse, add, time_left)
 
     async def list_research_sources(
         self,
