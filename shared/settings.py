@@ -22,6 +22,7 @@ DEFAULT_METRICS_PORTS: dict[str, int] = {
     "analytics": 9103,
     "cache_gateway": 9104,
 }
+DEFAULT_HTTP_API_PORT = 8080
 TRACE_EXPORTERS = ("none", "console", "otlp", "file")
 
 
@@ -91,8 +92,12 @@ class EndpointSettings(_Base):
     similarity_port: int = Field(default=DEFAULT_PORTS["similarity"], ge=0, le=65535)
     analytics_port: int = Field(default=DEFAULT_PORTS["analytics"], ge=0, le=65535)
     cache_gateway_port: int = Field(default=DEFAULT_PORTS["cache_gateway"], ge=0, le=65535)
+    # The HTTP/JSON API (an HTTP server, not gRPC); 0 leaves it out of 'stylebase up'.
+    http_api_port: int = Field(default=DEFAULT_HTTP_API_PORT, ge=0, le=65535)
     # host:port the other services dial; empty means 127.0.0.1 and the port above.
     profile_store_target: str = ""
+    similarity_target: str = ""
+    analytics_target: str = ""
     cache_gateway_target: str = ""
     grpc_grace_seconds: float = Field(default=5.0, ge=0, le=300)
 
@@ -100,7 +105,7 @@ class EndpointSettings(_Base):
         port: int = getattr(self, f"{service}_port")
         return port
 
-    def target_of(self, service: Literal["profile_store", "cache_gateway"]) -> str:
+    def target_of(self, service: ServiceName) -> str:
         explicit: str = getattr(self, f"{service}_target")
         return explicit or f"127.0.0.1:{self.port_of(service)}"
 
@@ -239,7 +244,7 @@ class StackSettings(DatabaseSettings, EndpointSettings, LogSettings, RedisSettin
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> StackSettings:
-        ports = [p for p in (self.port_of(s) for s in SERVICES) if p != 0]
+        ports = [p for p in (*map(self.port_of, SERVICES), self.http_api_port) if p != 0]
         if len(ports) != len(set(ports)):
-            raise ValueError("the four service ports must differ")
+            raise ValueError("the service ports (the four gRPC ones and HTTP_API_PORT) must differ")
         return self

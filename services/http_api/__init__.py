@@ -1,0 +1,1 @@
+"""The HTTP/JSON API: the specification's REST endpoints over the gRPC services."""

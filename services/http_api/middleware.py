@@ -1,0 +1,129 @@
+"""Per request, before any route: its request id, its deadline, its size limit, its metrics.
+
+A plain ASGI middleware rather than Starlette's BaseHTTPMiddleware, which costs a task and
+a memory stream per request on the hot path.
+"""
+
+from __future__ import annotations
+
+import time
+
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind
+from prometheus_client import Counter, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.http_api.deadline import HEADER as TIMEOUT_HEADER
+from services.http_api.deadline import deadline_var, parse_timeout
+from services.http_api.errors import ApiError, error_response
+from shared.logging import new_request_id, request_id_var
+
+HTTP_REQUESTS = Counter("http_requests", "HTTP requests answered", ["method", "route", "status"])
+HTTP_DURATION = Histogram(
+    "http_request_duration_seconds",
+    "Time to answer an HTTP request",
+    ["method", "route"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+tracer = trace.get_tracer("stylebase.http_api")
+
+
+def _request_id(value: str) -> str:
+    # The gRPC side accepts 1..128 characters; anything else (or nothing) gets a fresh id.
+    if 0 < len(value) <= 128 and value.isprintable() and value.isascii():
+        return value
+    return new_request_id()
+
+
+class RequestContext:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        default_timeout: float,
+        max_timeout: float,
+        max_body_bytes: int,
+        retry_after: int,
+        traced: bool,
+    ) -> None:
+        self.app = app
+        self.default_timeout = default_timeout
+        self.max_timeout = max_timeout
+        self.max_body_bytes = max_body_bytes
+        self.retry_after = retry_after
+        # Without a tracer provider no span records; a traceparent still passes on.
+        self.traced = traced
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        request_id = _request_id(headers.get("x-request-id", ""))
+        status = [500]
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", request_id.encode()),
+                ]
+            await send(message)
+
+        id_token = request_id_var.set(request_id)
+        try:
+            try:
+                timeout = self._timeout(headers)
+                self._check_size(headers)
+            except ApiError as error:
+                await error_response(error, self.retry_after)(scope, receive, send_with_id)
+                return
+            deadline_token = deadline_var.set(time.monotonic() + timeout)
+            try:
+                await self._traced(scope, headers, receive, send_with_id)
+            finally:
+                deadline_var.reset(deadline_token)
+        finally:
+            request_id_var.reset(id_token)
+            route = _route_of(scope)
+            method = scope["method"]
+            HTTP_REQUESTS.labels(method, route, str(status[0])).inc()
+            HTTP_DURATION.labels(method, route).observe(time.perf_counter() - started)
+
+    async def _traced(
+        self, scope: Scope, headers: dict[str, str], receive: Receive, send: Send
+    ) -> None:
+        if not self.traced and "traceparent" not in headers:
+            await self.app(scope, receive, send)
+            return
+        with tracer.start_as_current_span(
+            f"{scope['method']} {scope['path']}",
+            context=propagate.extract(headers),
+            kind=SpanKind.SERVER,
+            attributes={"http.request.method": scope["method"], "url.path": scope["path"]},
+        ):
+            await self.app(scope, receive, send)
+
+    def _timeout(self, headers: dict[str, str]) -> float:
+        value = headers.get(TIMEOUT_HEADER)
+        if value is None:
+            return self.default_timeout
+        return parse_timeout(value, self.max_timeout)
+
+    def _check_size(self, headers: dict[str, str]) -> None:
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_body_bytes:
+            raise ApiError(
+                413,
+                "payload_too_large",
+                f"the body is {int(length)} bytes; at most {self.max_body_bytes} are accepted",
+            )
+
+
+def _route_of(scope: Scope) -> str:
+    # The route's template, not the path: one series per endpoint, whatever the names.
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else "unmatched"

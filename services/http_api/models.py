@@ -1,0 +1,186 @@
+"""The JSON shapes of the API, as the specification writes them; OpenAPI is built from these.
+
+Responses are built as plain dicts in convert.py (cheaper than validating models on the hot
+path); the tests and the schema fuzzing check that each one matches its model here.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+ResearchStatusName = Literal["pending", "researching", "cached", "failed"]
+
+
+def _encodable(value: str) -> str:
+    # JSON may carry lone surrogates ("\ud800"), which no protobuf string can hold.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_encodable)]
+
+
+class SimilarArtist(BaseModel):
+    name: str
+    # 1 - cosine distance, in -1..1.
+    similarity: float
+
+
+class SimilarArtists(BaseModel):
+    artist: str
+    similar_artists: list[SimilarArtist]
+
+
+class ProviderStats(BaseModel):
+    provider: str
+    generations: int
+    avg_generation_time_ms: float
+    avg_cost_usd: float
+    total_cost_usd: float
+
+
+class Stats(BaseModel):
+    total_generations: int
+    avg_generation_time_ms: float
+    total_cost_usd: float
+    provider_usage: dict[str, int]
+    avg_cost_per_generation: float
+    cached_artists: int
+    p50_generation_time_ms: float
+    p95_generation_time_ms: float
+    providers: list[ProviderStats]
+    total_tokens: int
+    # Upper bound on the relative error of the percentiles (0 when exact).
+    percentile_relative_error: float
+
+
+class UserParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    bars: int = Field(default=0, ge=INT32_MIN, le=INT32_MAX)
+    tempo: float = Field(default=0.0, allow_inf_nan=False)
+    time_signature: Text = ""
+    variations: int = Field(default=0, ge=INT32_MIN, le=INT32_MAX)
+
+
+class HistoryEntry(BaseModel):
+    id: str
+    provider_used: str
+    generation_time_ms: int
+    tokens_used: int
+    cost_usd: float
+    user_params: UserParams | None
+    created_at: datetime
+
+
+class ArtistHistory(BaseModel):
+    artist: str
+    total_generations: int
+    history: list[HistoryEntry]
+    # Empty on the last page.
+    next_page_token: str
+
+
+class QuantitativeParams(BaseModel):
+    tempo_min: float
+    tempo_max: float
+    tempo_avg: float
+    swing_percent: float
+    ghost_note_prob: float
+    syncopation_level: float
+    velocity_mean: float
+    velocity_std: float
+
+
+class SourceCounts(BaseModel):
+    papers: int
+    articles: int
+    audio: int
+    midi: int
+
+
+class StyleProfile(BaseModel):
+    id: str
+    artist_id: str
+    artist_name: str
+    text_description: str
+    quantitative_params: QuantitativeParams | None
+    midi_templates: list[str]
+    # Present only with ?include_embedding=true: 384 values, or none when not searchable.
+    embedding: list[float] | None = None
+    confidence_score: float
+    sources_count: SourceCounts | None
+    created_at: datetime | None
+    updated_at: datetime | None
+    # Increases with every save; pass it as min_version to read your own write.
+    version: int
+
+
+class ProfileRead(BaseModel):
+    profile: StyleProfile
+    served_from: Literal["in_process", "redis", "store"]
+    # True only when served from a cache tier while the store was unreachable.
+    stale: bool
+    # How long ago the copy was read from the store.
+    age_seconds: float
+
+
+class Artist(BaseModel):
+    id: str
+    name: str
+    research_status: ResearchStatusName | Literal["unspecified"]
+    last_updated: datetime | None
+    sources_count: int
+    confidence_score: float
+    created_at: datetime | None
+
+
+class ArtistPage(BaseModel):
+    artists: list[Artist]
+    # Empty on the last page.
+    next_page_token: str
+
+
+class NewGeneration(BaseModel):
+    """One generation to record; the analytics service's rules apply to each field."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Optional; an unknown name is 404.
+    artist_name: Text = ""
+    # anthropic, google, openai, template, or another lowercase identifier.
+    provider_used: Text
+    generation_time_ms: int = Field(ge=INT32_MIN, le=INT32_MAX)
+    tokens_used: int = Field(default=0, ge=INT64_MIN, le=INT64_MAX)
+    cost_usd: float = Field(default=0.0, allow_inf_nan=False)
+    user_params: UserParams
+    output_files: list[Text] = Field(default_factory=list)
+    # Makes a retry safe (AIP-155); the Idempotency-Key header is the same thing.
+    request_id: Text = ""
+
+
+class Generation(BaseModel):
+    id: str
+    artist_id: str
+    artist_name: str
+    provider_used: str
+    generation_time_ms: int
+    tokens_used: int
+    cost_usd: float
+    user_params: UserParams | None
+    output_files: list[str]
+    created_at: datetime
+
+
+class Health(BaseModel):
+    status: Literal["ok", "not_ready"]
+    # Upstream services not answering SERVING (readiness only).
+    not_serving: list[str] = Field(default_factory=list)

@@ -1,0 +1,220 @@
+"""The endpoints: each validates its parameters, makes its gRPC calls within the request's
+deadline, and answers with the specification's JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Header, Path, Query, Request
+from fastapi.responses import Response
+from pydantic import AwareDatetime
+
+from services.http_api import convert, models
+from services.http_api.deadline import remaining
+from services.http_api.errors import ApiError, ErrorBody
+from services.http_api.upstream import Upstreams
+from shared.logging import new_request_id
+from stylebase.analytics.v1 import analytics_service_pb2 as analytics_pb
+from stylebase.cache_gateway.v1 import cache_gateway_service_pb2 as gateway_pb
+from stylebase.profile_store.v1 import profile_store_service_pb2 as store_pb
+from stylebase.similarity.v1 import similarity_service_pb2 as similarity_pb
+
+# Protobuf Timestamps span 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59.999999999Z.
+MIN_SECONDS = -62_135_596_800
+MAX_SECONDS = 253_402_300_799
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    described = {
+        400: "A parameter breaks a rule; field_violations names each.",
+        404: "The artist (or another named thing) does not exist.",
+        409: "The request conflicts with the current state.",
+        413: "The request body is too large.",
+        429: "Too many requests; retry after Retry-After seconds.",
+        500: "A bug: the body names the request id to look up in the server log.",
+        503: "An upstream service is unavailable; retry after Retry-After seconds.",
+        504: "The request's deadline (X-Request-Timeout, 5 s by default) passed.",
+    }
+    common = (400, 500, 503, 504)
+    return {
+        code: {"model": ErrorBody, "description": described[code]}
+        for code in sorted({*common, *statuses})
+    }
+
+
+router = APIRouter(prefix="/api/v1")
+
+ArtistName = Annotated[str, Path(description="The artist's name, percent-encoded.")]
+
+
+def _upstreams(request: Request) -> Upstreams:
+    upstreams: Upstreams = request.app.state.upstreams
+    return upstreams
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(
+        json.dumps(body, ensure_ascii=False, allow_nan=False),
+        status_code=status,
+        media_type="application/json",
+    )
+
+
+def _timestamp(field: str, value: datetime | None) -> Any:
+    if value is None:
+        return None
+    seconds = math.floor(value.timestamp())
+    if not MIN_SECONDS <= seconds <= MAX_SECONDS:
+        raise ApiError.invalid(
+            field, "must be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z"
+        )
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    return Timestamp(seconds=seconds, nanos=value.microsecond * 1000)
+
+
+@router.get(
+    "/similar/{artist:path}",
+    response_model=models.SimilarArtists,
+    responses=_errors(404),
+    summary="Artists who play like this one, best first",
+)
+async def similar(
+    request: Request,
+    artist: ArtistName,
+    limit: Annotated[int, Query(ge=1, le=20)] = 5,
+    min_tempo: Annotated[float | None, Query(allow_inf_nan=False)] = None,
+    max_tempo: Annotated[float | None, Query(allow_inf_nan=False)] = None,
+    status: Annotated[models.ResearchStatusName | None, Query()] = None,
+) -> Response:
+    query = similarity_pb.FindSimilarArtistsRequest(artist_name=artist, limit=limit)
+    if min_tempo is not None:
+        query.filter.tempo_min = min_tempo
+    if max_tempo is not None:
+        query.filter.tempo_max = max_tempo
+    if status is not None:
+        query.filter.research_status = convert.STATUS_VALUES[status]
+    reply = await _upstreams(request).similarity.FindSimilarArtists(query, timeout=remaining())
+    return _json(
+        {
+            "artist": artist,
+            "similar_artists": [
+                {"name": a.artist_name, "similarity": a.similarity} for a in reply.artists
+            ],
+        }
+    )
+
+
+@router.get(
+    "/stats",
+    response_model=models.Stats,
+    responses=_errors(),
+    summary="Generation statistics over the whole history or a window",
+)
+async def stats(
+    request: Request,
+    since: Annotated[AwareDatetime | None, Query(description="RFC 3339, inclusive")] = None,
+    until: Annotated[AwareDatetime | None, Query(description="RFC 3339, exclusive")] = None,
+) -> Response:
+    query = analytics_pb.GetStatsRequest(
+        since=_timestamp("since", since), until=_timestamp("until", until)
+    )
+    reply = await _upstreams(request).analytics.GetStats(query, timeout=remaining())
+    return _json(convert.stats(reply))
+
+
+@router.get(
+    "/artists/{artist:path}/history",
+    response_model=models.ArtistHistory,
+    responses=_errors(404),
+    summary="An artist's generations, newest first",
+)
+async def history(
+    request: Request,
+    artist: ArtistName,
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+    page_token: Annotated[str, Query(max_length=4096)] = "",
+) -> Response:
+    query = analytics_pb.GetArtistHistoryRequest(
+        artist_name=artist, limit=limit, page_token=page_token
+    )
+    reply = await _upstreams(request).analytics.GetArtistHistory(query, timeout=remaining())
+    return _json(
+        {
+            "artist": artist,
+            "total_generations": reply.total_generations,
+            "history": [convert.history_entry(g) for g in reply.generations],
+            "next_page_token": reply.next_page_token,
+        }
+    )
+
+
+@router.get(
+    "/artists/{artist:path}/profile",
+    response_model=models.ProfileRead,
+    responses=_errors(404),
+    summary="An artist's style profile, through the cache gateway",
+)
+async def profile(
+    request: Request,
+    artist: ArtistName,
+    include_embedding: bool = False,
+    min_version: Annotated[
+        int, Query(ge=0, le=2**63 - 1, description="Read your own write: the saved version")
+    ] = 0,
+) -> Response:
+    query = gateway_pb.GetStyleProfileRequest(artist_name=artist, min_version=min_version)
+    reply = await _upstreams(request).gateway.GetStyleProfile(query, timeout=remaining())
+    return _json(convert.profile_read(reply, include_embedding=include_embedding))
+
+
+@router.get(
+    "/artists",
+    response_model=models.ArtistPage,
+    responses=_errors(),
+    summary="Artists, a page at a time",
+)
+async def artists(
+    request: Request,
+    status: Annotated[models.ResearchStatusName | None, Query()] = None,
+    page_size: Annotated[int, Query(ge=1, le=100)] = 20,
+    page_token: Annotated[str, Query(max_length=4096)] = "",
+) -> Response:
+    query = store_pb.ListArtistsRequest(page_size=page_size, page_token=page_token)
+    if status is not None:
+        query.research_status = convert.STATUS_VALUES[status]
+    reply = await _upstreams(request).store.ListArtists(query, timeout=remaining())
+    return _json(
+        {
+            "artists": [convert.artist(a) for a in reply.artists],
+            "next_page_token": reply.next_page_token,
+        }
+    )
+
+
+@router.post(
+    "/generations",
+    status_code=201,
+    response_model=models.Generation,
+    responses=_errors(404, 409, 413),
+    summary="Record one generation",
+)
+async def record_generation(
+    request: Request,
+    body: Annotated[models.NewGeneration, Body()],
+    idempotency_key: Annotated[
+        str | None,
+        Header(max_length=64, description="Makes a retry safe; the same as body.request_id"),
+    ] = None,
+) -> Response:
+    if idempotency_key and body.request_id and idempotency_key != body.request_id:
+        raise ApiError.invalid("request_id", "differs from the Idempotency-Key header")
+    # A key of its own when the client sent none: the channel's retries must not record twice.
+    request_id = body.request_id or idempotency_key or new_request_id()
+    reply = await _upstreams(request).analytics.RecordGeneration(
+        convert.record_request(body, request_id), timeout=remaining()
+    )
+    return _json(convert.generation(reply.generation), status=201)

@@ -1,0 +1,92 @@
+"""A session's HTTP API over real services, on a database of its own, seeded with the demo."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from services.profile_store.seed import load_profiles
+from shared.db import migrate
+from shared.embedded.postgres import EmbeddedPostgres
+from shared.embedded.redis import RedisServer
+from shared.settings import to_asyncpg_url
+from stylebase.analytics.v1 import analytics_service_pb2 as analytics_pb
+from stylebase.analytics.v1 import analytics_service_pb2_grpc as analytics_grpc
+from stylebase.profile_store.v1 import profile_store_service_pb2 as store_pb
+from stylebase.profile_store.v1 import profile_store_service_pb2_grpc as store_grpc
+from tests.harness import service_env
+from tests.http_api.support import Stack, start_api, start_services, targets
+
+DATABASE = "http_api"
+# (provider, generation_time_ms, tokens, cost) of J Dilla's seeded generations, oldest first.
+GENERATIONS = [
+    ("anthropic", 1200, 900, 0.012),
+    ("openai", 800, 700, 0.009),
+    ("anthropic", 1500, 1100, 0.015),
+    ("template", 40, 0, 0.0),
+]
+
+
+@pytest.fixture(scope="session")
+def api_database(postgres: EmbeddedPostgres) -> str:
+    postgres.psql(f'CREATE DATABASE "{DATABASE}"')
+    url = to_asyncpg_url(postgres.url.rsplit("/", 1)[0] + f"/{DATABASE}")
+    migrate.upgrade(url)
+    return url
+
+
+async def _seed(store_target: str, analytics_target: str) -> None:
+    async with grpc.aio.insecure_channel(store_target) as channel:
+        store = store_grpc.ProfileStoreServiceStub(channel)
+        await store.BatchSaveStyleProfiles(
+            store_pb.BatchSaveStyleProfilesRequest(profiles=load_profiles()), timeout=30
+        )
+    async with grpc.aio.insecure_channel(analytics_target) as channel:
+        analytics = analytics_grpc.AnalyticsServiceStub(channel)
+        for provider, ms, tokens, cost in GENERATIONS:
+            await analytics.RecordGeneration(
+                analytics_pb.RecordGenerationRequest(
+                    artist_name="J Dilla",
+                    provider_used=provider,
+                    generation_time_ms=ms,
+                    tokens_used=tokens,
+                    cost_usd=cost,
+                    user_params=analytics_pb.UserParams(
+                        bars=4, tempo=92, time_signature="4/4", variations=2
+                    ),
+                    output_files=[f"out/{provider}.mid"],
+                ),
+                timeout=10,
+            )
+
+
+@pytest.fixture(scope="session")
+def api_env(api_database: str, redis_server: RedisServer) -> dict[str, str]:
+    return service_env(
+        api_database, {"REDIS_URL": redis_server.url, "REDIS_KEY_PREFIX": "stylebase:http"}
+    )
+
+
+@pytest.fixture(scope="session")
+def stack(api_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    logs: Path = tmp_path_factory.mktemp("http_api_logs")
+    services = start_services(api_env, logs)
+    try:
+        asyncio.run(_seed(services["profile_store"].target, services["analytics"].target))
+        api = start_api(api_env, targets(services), logs)
+    except BaseException:
+        for service in services.values():
+            service.stop()
+        raise
+    running = Stack(services, api)
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def base_url(stack: Stack) -> str:
+    return stack.api.base_url

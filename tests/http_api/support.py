@@ -1,0 +1,101 @@
+"""The HTTP API as deployed: the four gRPC services and http_api, each its own process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from shared.embedded.ports import free_port
+from tests.harness import ROOT, ServiceProcess
+
+GRPC_SERVICES = ("profile_store", "similarity", "analytics", "cache_gateway")
+
+
+def wait_ready(base_url: str, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"http_api exited with {process.returncode}")
+        try:
+            if httpx.get(f"{base_url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{base_url} was not ready within {timeout} s")
+
+
+@dataclass
+class ApiProcess:
+    env: dict[str, str]
+    port: int = field(default_factory=free_port)
+    log_path: Path | None = None
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, *, wait: bool = True) -> ApiProcess:
+        env = {**os.environ, **self.env, "HTTP_API_PORT": str(self.port)}
+        env.setdefault("LOG_LEVEL", "WARNING")
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "services.http_api"], env=env, cwd=ROOT, stdout=out, stderr=out
+        )
+        if wait:
+            wait_ready(self.base_url, self.process)
+        return self
+
+    def stop(self) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+@dataclass
+class Stack:
+    services: dict[str, ServiceProcess]
+    api: ApiProcess
+
+    def stop(self) -> None:
+        self.api.stop()
+        for service in self.services.values():
+            service.stop()
+
+
+def targets(services: Mapping[str, ServiceProcess]) -> dict[str, str]:
+    return {f"{name.upper()}_TARGET": s.target for name, s in services.items()}
+
+
+def start_services(env: dict[str, str], logs: Path) -> dict[str, ServiceProcess]:
+    services: dict[str, ServiceProcess] = {}
+    try:
+        for name in GRPC_SERVICES:
+            extra = targets(services)  # the gateway dials the store started before it
+            services[name] = ServiceProcess(
+                name, {**env, **extra}, log_path=logs / f"{name}.log"
+            ).start()
+    except BaseException:
+        for service in services.values():
+            service.stop()
+        raise
+    return services
+
+
+def start_api(env: dict[str, str], upstream: dict[str, str], logs: Path) -> ApiProcess:
+    return ApiProcess({**env, **upstream}, log_path=logs / "http_api.log").start()
