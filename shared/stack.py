@@ -1,4 +1,5 @@
-"""'stylebase up': the database (embedded unless configured), migrations, and the four services."""
+"""'stylebase up': the database (embedded unless configured), migrations, the four gRPC
+services, and the HTTP API over them."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -40,6 +43,11 @@ def check_ports(settings: StackSettings) -> None:
                 f"port {port} is in use; set {service.upper()}_PORT to a free port "
                 f"for the {service} service"
             )
+    if settings.http_api_port and port_in_use(settings.http_api_port, settings.grpc_host):
+        raise StackError(
+            f"port {settings.http_api_port} is in use; set HTTP_API_PORT to a free port "
+            "for the HTTP API (0 leaves it out)"
+        )
 
 
 async def check_pgvector(url: str) -> None:
@@ -68,6 +76,7 @@ def _child_env(settings: StackSettings, database_url: str) -> dict[str, str]:
     env["GRPC_HOST"] = settings.grpc_host
     for service in SERVICES:
         env[f"{service.upper()}_PORT"] = str(settings.port_of(service))
+    env["HTTP_API_PORT"] = str(settings.http_api_port)
     return env
 
 
@@ -115,6 +124,24 @@ def _wait_serving(
                 pass
             time.sleep(0.2)
     raise StackError(f"{name} did not report SERVING on {target} within {timeout:.0f} s")
+
+
+def _wait_ready(
+    url: str, process: subprocess.Popen[bytes], timeout: float, signals: Signals
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        signals.check()
+        if process.poll() is not None:
+            raise StackError(f"http_api exited with code {process.returncode}; see its log above")
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=1) as reply:
+                if reply.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    raise StackError(f"http_api was not ready on {url} within {timeout:.0f} s")
 
 
 def _spawn(service: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -166,6 +193,9 @@ def up(settings: StackSettings) -> int:
             return 0
         raise
     finally:
+        # The HTTP API first: its requests in flight still need the services under it.
+        api = {name: p for name, p in children.items() if name == "http_api"}
+        _stop_children(api, settings.grpc_grace_seconds)
         _stop_children(children, settings.grpc_grace_seconds)
         for server in embedded:
             server.stop()
@@ -205,6 +235,11 @@ def _start(
     for service in SERVICES:
         target = f"127.0.0.1:{settings.port_of(service)}"
         _wait_serving(target, children[service], service, 60, signals)
+    if settings.http_api_port:
+        # Last: its readiness is that of the four it stands on.
+        children["http_api"] = _spawn("http_api", env)
+        url = f"http://127.0.0.1:{settings.http_api_port}"
+        _wait_ready(url, children["http_api"], 60, signals)
     _print_banner(settings, database_url, bool(embedded))
 
 
@@ -227,6 +262,8 @@ def _print_banner(settings: StackSettings, database_url: str, embedded: bool) ->
     lines = ["Stylebase is up:"]
     for service in SERVICES:
         lines.append(f"  {service:<14} {settings.grpc_host}:{settings.port_of(service)}")
+    if settings.http_api_port:
+        lines.append(f"  {'http_api':<14} http://{settings.grpc_host}:{settings.http_api_port}")
     lines.append(
         f"  postgres       {where.hostname}:{where.port} ({'embedded' if embedded else 'external'})"
     )
@@ -234,5 +271,9 @@ def _print_banner(settings: StackSettings, database_url: str, embedded: bool) ->
     lines.append(f"  redis          {redis}")
     lines.append("Try:")
     lines.append(f"  grpcurl -plaintext 127.0.0.1:{settings.port_of('profile_store')} list")
+    if settings.http_api_port:
+        api = f"http://127.0.0.1:{settings.http_api_port}"
+        lines.append(f"  curl '{api}/api/v1/similar/J%20Dilla?limit=5'")
+        lines.append(f"  open {api}/docs for the interactive API docs")
     lines.append("Ctrl-C stops everything.")
     print("\n".join(lines), flush=True)

@@ -1,4 +1,5 @@
-"""'stylebase up' end to end: the embedded database, four service processes, the real grpcurl."""
+"""'stylebase up' end to end: the embedded database, four gRPC service processes and the HTTP
+API, the real grpcurl and a real HTTP client."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from shared.embedded.ports import free_port, port_in_use
@@ -35,7 +37,7 @@ def _stack_env(tmp_path: Path, **extra: str) -> tuple[dict[str, str], dict[str, 
         for k, v in os.environ.items()
         if k not in ("DATABASE_URL", "POSTGRES_DATABASE_URL", "REDIS_URL")
     }
-    ports = {service: free_port() for service in SERVICES}
+    ports = {service: free_port() for service in (*SERVICES, "http_api")}
     env.update({f"{s.upper()}_PORT": str(p) for s, p in ports.items()})
     env.update(
         STYLEBASE_DATA_DIR=str(tmp_path / "data"), GRPC_GRACE_SECONDS="1", LOG_LEVEL="WARNING"
@@ -128,6 +130,15 @@ def test_up_prints_where_each_service_listens(stack: Up) -> None:
     assert "(embedded)" in stack.banner
     assert "in-process tier only" in stack.banner
     assert "grpcurl -plaintext" in stack.banner
+    assert f"curl 'http://127.0.0.1:{stack.ports['http_api']}/api/v1/similar/" in stack.banner
+
+
+def test_the_printed_curl_line_answers_from_the_demo_data(stack: Up) -> None:
+    url = f"http://127.0.0.1:{stack.ports['http_api']}/api/v1/similar/J%20Dilla?limit=5"
+    reply = httpx.get(url, timeout=10)
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["artist"] == "J Dilla" and len(body["similar_artists"]) == 5
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -145,7 +156,7 @@ def test_grpcurl_lists_describes_and_checks_health(stack: Up, service: str) -> N
 
 
 def test_each_service_is_its_own_process(stack: Up) -> None:
-    assert len(_children(stack.process)) == len(SERVICES)
+    assert len(_children(stack.process)) == len(SERVICES) + 1  # and the HTTP API
 
 
 def test_ctrl_c_stops_everything(stack: Up) -> None:
@@ -217,13 +228,18 @@ def test_database_dir_that_is_not_a_cluster_is_refused(tmp_path: Path) -> None:
     assert (pgdata / "notes.txt").read_text() == "mine"
 
 
-def test_port_in_use_names_the_port_and_its_variable(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("service", "variable"), [("analytics", "ANALYTICS_PORT"), ("http_api", "HTTP_API_PORT")]
+)
+def test_port_in_use_names_the_port_and_its_variable(
+    tmp_path: Path, service: str, variable: str
+) -> None:
     env, ports = _stack_env(tmp_path)
     with socket.socket() as busy:
-        busy.bind(("127.0.0.1", ports["analytics"]))
+        busy.bind(("127.0.0.1", ports[service]))
         busy.listen()
         error = _up_fails(env)
-    assert f"port {ports['analytics']} is in use" in error and "ANALYTICS_PORT" in error
+    assert f"port {ports[service]} is in use" in error and variable in error
     assert not (tmp_path / "data").exists(), "nothing is created before the ports are known free"
 
 
