@@ -16,6 +16,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.grpc.status import error_info, field_violations
 from shared.logging import request_id_var
@@ -143,11 +144,16 @@ def install(app: Any, retry_after: int) -> None:
         assert isinstance(exc, grpc.aio.AioRpcError)
         return error_response(from_rpc_error(exc), retry_after)
 
-    async def on_anything(_request: Request, exc: Exception) -> Response:
-        log.error("request failed unexpectedly", exc_info=exc)
-        return error_response(internal(), retry_after)
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        # Starlette's own: no route for the path (404) or the method (405).
+        assert isinstance(exc, StarletteHTTPException)
+        error = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
+        message = f"no endpoint {request.method} {request.url.path}"
+        if exc.status_code not in (404, 405):
+            message = str(exc.detail)
+        return error_response(ApiError(exc.status_code, error, message), retry_after)
 
     app.add_exception_handler(ApiError, on_api_error)
-    app.add_exception_handler(Exception, on_anything)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(grpc.aio.AioRpcError, on_rpc_error)

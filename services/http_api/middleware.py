@@ -6,6 +6,7 @@ a memory stream per request on the hot path.
 
 from __future__ import annotations
 
+import logging
 import time
 
 from opentelemetry import propagate, trace
@@ -15,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.http_api.deadline import HEADER as TIMEOUT_HEADER
 from services.http_api.deadline import deadline_var, parse_timeout
-from services.http_api.errors import ApiError, error_response
+from services.http_api.errors import ApiError, error_response, internal
 from shared.logging import new_request_id, request_id_var
 
 HTTP_REQUESTS = Counter("http_requests", "HTTP requests answered", ["method", "route", "status"])
@@ -26,6 +27,7 @@ HTTP_DURATION = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 tracer = trace.get_tracer("stylebase.http_api")
+log = logging.getLogger(__name__)
 
 
 def _request_id(value: str) -> str:
@@ -62,9 +64,11 @@ class RequestContext:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         request_id = _request_id(headers.get("x-request-id", ""))
         status = [500]
+        started_response = [False]
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
+                started_response[0] = True
                 status[0] = message["status"]
                 message["headers"] = [
                     *message.get("headers", []),
@@ -83,6 +87,12 @@ class RequestContext:
             deadline_token = deadline_var.set(time.monotonic() + timeout)
             try:
                 await self._traced(scope, headers, receive, send_with_id)
+            except Exception:
+                # A bug: logged with its traceback under the request id, never sent.
+                log.exception("%s %s failed unexpectedly", scope["method"], scope["path"])
+                if started_response[0]:
+                    raise
+                await error_response(internal(), self.retry_after)(scope, receive, send_with_id)
             finally:
                 deadline_var.reset(deadline_token)
         finally:

@@ -4,13 +4,14 @@ deadline, and answers with the specification's JSON."""
 from __future__ import annotations
 
 import json
-import math
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Path, Query, Request
 from fastapi.responses import Response
+from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import AwareDatetime
+from starlette.convertors import Convertor, register_url_convertor
 
 from services.http_api import convert, models
 from services.http_api.deadline import remaining
@@ -25,6 +26,7 @@ from stylebase.similarity.v1 import similarity_service_pb2 as similarity_pb
 # Protobuf Timestamps span 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59.999999999Z.
 MIN_SECONDS = -62_135_596_800
 MAX_SECONDS = 253_402_300_799
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -45,6 +47,20 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
+class _Name(Convertor[str]):
+    """Any text, newlines included (Starlette's own "path" stops at one): a percent-encoded
+    name reaches the service, which says what is wrong with it."""
+
+    regex = r"[\s\S]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("name", _Name())
 router = APIRouter(prefix="/api/v1")
 
 ArtistName = Annotated[str, Path(description="The artist's name, percent-encoded.")]
@@ -63,21 +79,21 @@ def _json(body: Any, status: int = 200) -> Response:
     )
 
 
-def _timestamp(field: str, value: datetime | None) -> Any:
+def _timestamp(field: str, value: datetime | None) -> Timestamp | None:
     if value is None:
         return None
-    seconds = math.floor(value.timestamp())
+    # Integer arithmetic: a float timestamp rounds 9999-12-31T23:59:59.999999 up past the range.
+    delta = value - EPOCH
+    seconds = delta.days * 86_400 + delta.seconds
     if not MIN_SECONDS <= seconds <= MAX_SECONDS:
         raise ApiError.invalid(
             field, "must be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z"
         )
-    from google.protobuf.timestamp_pb2 import Timestamp
-
-    return Timestamp(seconds=seconds, nanos=value.microsecond * 1000)
+    return Timestamp(seconds=seconds, nanos=delta.microseconds * 1000)
 
 
 @router.get(
-    "/similar/{artist:path}",
+    "/similar/{artist:name}",
     response_model=models.SimilarArtists,
     responses=_errors(404),
     summary="Artists who play like this one, best first",
@@ -127,7 +143,7 @@ async def stats(
 
 
 @router.get(
-    "/artists/{artist:path}/history",
+    "/artists/{artist:name}/history",
     response_model=models.ArtistHistory,
     responses=_errors(404),
     summary="An artist's generations, newest first",
@@ -153,7 +169,7 @@ async def history(
 
 
 @router.get(
-    "/artists/{artist:path}/profile",
+    "/artists/{artist:name}/profile",
     response_model=models.ProfileRead,
     responses=_errors(404),
     summary="An artist's style profile, through the cache gateway",

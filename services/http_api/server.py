@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from services.http_api.app import create_app
 from services.http_api.config import Settings
+from services.http_api.protocol import HttpProtocol
 from shared.logging import configure_logging
 from shared.telemetry import configure_tracing
 
@@ -49,7 +50,7 @@ def main() -> int:
     config = uvicorn.Config(
         create_app(settings, traced=tracing is not None),
         loop="uvloop",
-        http="httptools",
+        http=HttpProtocol,
         lifespan="on",
         log_config=None,
         access_log=False,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -16,10 +16,12 @@ from shared.embedded.redis import RedisServer
 from shared.settings import to_asyncpg_url
 from stylebase.analytics.v1 import analytics_service_pb2 as analytics_pb
 from stylebase.analytics.v1 import analytics_service_pb2_grpc as analytics_grpc
+from stylebase.common.v1 import common_pb2
 from stylebase.profile_store.v1 import profile_store_service_pb2 as store_pb
 from stylebase.profile_store.v1 import profile_store_service_pb2_grpc as store_grpc
+from tests.faults.proxy import FaultProxy
 from tests.harness import service_env
-from tests.http_api.support import Stack, start_api, start_services, targets
+from tests.http_api.support import ApiProcess, Stack, start_api, start_services
 
 DATABASE = "http_api"
 # (provider, generation_time_ms, tokens, cost) of J Dilla's seeded generations, oldest first.
@@ -74,19 +76,44 @@ def api_env(api_database: str, redis_server: RedisServer) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def stack(api_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     logs: Path = tmp_path_factory.mktemp("http_api_logs")
-    services = start_services(api_env, logs)
+    running = Stack(start_services(api_env, logs), ApiProcess({}))
     try:
+        services = running.services
         asyncio.run(_seed(services["profile_store"].target, services["analytics"].target))
-        api = start_api(api_env, targets(services), logs)
-    except BaseException:
-        for service in services.values():
-            service.stop()
-        raise
-    running = Stack(services, api)
-    yield running
-    running.stop()
+        for name, service in services.items():
+            running.proxies[name] = FaultProxy(service.port).start()
+        upstream = {f"{n.upper()}_TARGET": p.address for n, p in running.proxies.items()}
+        running.api = start_api(api_env, upstream, logs)
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def proxies(stack: Stack) -> Iterator[dict[str, FaultProxy]]:
+    """The proxies, let flow again after each test whatever it did to them."""
+    yield stack.proxies
+    for proxy in stack.proxies.values():
+        proxy.resume()
 
 
 @pytest.fixture(scope="session")
 def base_url(stack: Stack) -> str:
     return stack.api.base_url
+
+
+@pytest.fixture(scope="session")
+def save_profile(stack: Stack) -> Callable[[str], None]:
+    """Saves a profile straight to the store, as the research pipeline does."""
+    template = load_profiles()[0]
+
+    def save(name: str) -> None:
+        profile = common_pb2.StyleProfile()
+        profile.CopyFrom(template)
+        profile.artist_name = name
+        with grpc.insecure_channel(stack.services["profile_store"].target) as channel:
+            store_grpc.ProfileStoreServiceStub(channel).SaveStyleProfile(
+                store_pb.SaveStyleProfileRequest(profile=profile), timeout=10
+            )
+
+    return save

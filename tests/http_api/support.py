@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 
 from shared.embedded.ports import free_port
+from tests.faults.proxy import FaultProxy
 from tests.harness import ROOT, ServiceProcess
 
 GRPC_SERVICES = ("profile_store", "similarity", "analytics", "cache_gateway")
@@ -71,9 +72,13 @@ class ApiProcess:
 class Stack:
     services: dict[str, ServiceProcess]
     api: ApiProcess
+    # Between the API and each service: where the tests cut, refuse or stall its calls.
+    proxies: dict[str, FaultProxy] = field(default_factory=dict)
 
     def stop(self) -> None:
         self.api.stop()
+        for proxy in self.proxies.values():
+            proxy.stop()
         for service in self.services.values():
             service.stop()
 
