@@ -15,6 +15,18 @@ NAME_MAX = 255
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 NUL_RULE = "must not contain NUL (U+0000): PostgreSQL text cannot hold it"
 CONTROL_RULE = "must not contain control characters (U+0000-U+001F, U+007F-U+009F)"
+# The rules below are also declared in the HTTP API's OpenAPI schema: one place for both.
+# An artist name as sent: no control characters and something besides whitespace.
+NAME_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+PROVIDER_PATTERN = r"[a-z][a-z0-9_-]{0,49}"
+TIME_SIGNATURE_PATTERN = r"([1-9]|[1-2][0-9]|3[0-2])/(1|2|4|8|16|32)"
+BARS_RANGE = (1, 64)
+TEMPO_BPM_RANGE = (20.0, 400.0)
+VARIATIONS_RANGE = (1, 16)
+MAX_OUTPUT_FILES = 64
+MAX_PATH_LENGTH = 1024
+# Inclusive bounds on a similarity filter's tempo.
+FILTER_TEMPO_RANGE = (0.0, 1000.0)
 
 
 def has_control(value: str) -> bool:

@@ -15,11 +15,14 @@ from shared.convert import from_timestamp
 from shared.errors import FieldViolation, InvalidArgument
 from stylebase.analytics.v1 import analytics_service_pb2 as pb
 
-PROVIDER_RE = re.compile(r"[a-z][a-z0-9_-]{0,49}")
-TIME_SIGNATURE_RE = re.compile(r"([1-9]|[1-2][0-9]|3[0-2])/(1|2|4|8|16|32)")
+PROVIDER_RE = re.compile(validation.PROVIDER_PATTERN)
+TIME_SIGNATURE_RE = re.compile(validation.TIME_SIGNATURE_PATTERN)
 INT32_MAX = 2**31 - 1
-MAX_OUTPUT_FILES = 64
-MAX_PATH_LENGTH = 1024
+MAX_OUTPUT_FILES = validation.MAX_OUTPUT_FILES
+MAX_PATH_LENGTH = validation.MAX_PATH_LENGTH
+BARS_LOW, BARS_HIGH = validation.BARS_RANGE
+TEMPO_LOW, TEMPO_HIGH = validation.TEMPO_BPM_RANGE
+VARIATIONS_LOW, VARIATIONS_HIGH = validation.VARIATIONS_RANGE
 HISTORY_LIMIT_DEFAULT = 10
 HISTORY_LIMIT_MAX = 100
 BATCH_MAX = 1000
@@ -51,10 +54,16 @@ def _name(value: str, field: str = "artist_name") -> str:
 
 
 def _user_params(params: pb.UserParams, problems: list[FieldViolation]) -> dict[str, object]:
-    if not 1 <= params.bars <= 64:
-        problems.append(FieldViolation("user_params.bars", "must be between 1 and 64"))
-    if not (math.isfinite(params.tempo) and 20 <= params.tempo <= 400):
-        problems.append(FieldViolation("user_params.tempo", "must be between 20 and 400 BPM"))
+    if not BARS_LOW <= params.bars <= BARS_HIGH:
+        problems.append(
+            FieldViolation("user_params.bars", f"must be between {BARS_LOW} and {BARS_HIGH}")
+        )
+    if not (math.isfinite(params.tempo) and TEMPO_LOW <= params.tempo <= TEMPO_HIGH):
+        problems.append(
+            FieldViolation(
+                "user_params.tempo", f"must be between {TEMPO_LOW:g} and {TEMPO_HIGH:g} BPM"
+            )
+        )
     if not TIME_SIGNATURE_RE.fullmatch(params.time_signature):
         problems.append(
             FieldViolation(
@@ -62,8 +71,13 @@ def _user_params(params: pb.UserParams, problems: list[FieldViolation]) -> dict[
                 "must look like 4/4: 1..32 beats over 1, 2, 4, 8, 16 or 32",
             )
         )
-    if not 1 <= params.variations <= 16:
-        problems.append(FieldViolation("user_params.variations", "must be between 1 and 16"))
+    if not VARIATIONS_LOW <= params.variations <= VARIATIONS_HIGH:
+        problems.append(
+            FieldViolation(
+                "user_params.variations",
+                f"must be between {VARIATIONS_LOW} and {VARIATIONS_HIGH}",
+            )
+        )
     return {
         "bars": params.bars,
         "tempo": params.tempo,

@@ -18,6 +18,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from shared.db.idempotency import REUSED_REASON
 from shared.grpc.status import error_info, field_violations
 from shared.logging import request_id_var
 
@@ -87,6 +88,9 @@ def from_rpc_error(exc: grpc.aio.AioRpcError) -> ApiError:
     message = exc.details() or code.name.lower().replace("_", " ")
     if info is not None and info.reason == "ARTIST_NOT_FOUND" and "artist_name" in info.metadata:
         message = f"Artist '{info.metadata['artist_name']}' not found in database"
+    if info is not None and info.reason == REUSED_REASON:
+        # The Idempotency-Key convention: a key reused for a different request conflicts.
+        return ApiError(409, reason, message)
     violations = field_violations(exc) if status == 400 else []
     return ApiError(status, reason, message, violations)
 
@@ -151,7 +155,9 @@ def install(app: Any, retry_after: int) -> None:
         message = f"no endpoint {request.method} {request.url.path}"
         if exc.status_code not in (404, 405):
             message = str(exc.detail)
-        return error_response(ApiError(exc.status_code, error, message), retry_after)
+        response = error_response(ApiError(exc.status_code, error, message), retry_after)
+        response.headers.update(exc.headers or {})  # 405 carries Allow
+        return response
 
     app.add_exception_handler(ApiError, on_api_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)

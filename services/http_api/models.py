@@ -9,10 +9,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic.config import JsonDict
 
-INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+from shared import validation as rules
+from shared.db.idempotency import REQUEST_ID_MAX
+
+INT32_MAX = 2**31 - 1
+# The largest integer every JSON client reads exactly (a double's 53-bit mantissa).
+JSON_SAFE_INT_MAX = 2**53 - 1
 ResearchStatusName = Literal["pending", "researching", "cached", "failed"]
 
 
@@ -25,7 +30,27 @@ def _encodable(value: str) -> str:
     return value
 
 
+def _not_bool(value: object) -> object:
+    # Lax parsing would read true as 1; a JSON boolean is not a number.
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true or false")
+    return value
+
+
 Text = Annotated[str, AfterValidator(_encodable)]
+Int = Annotated[int, BeforeValidator(_not_bool)]
+Float = Annotated[float, BeforeValidator(_not_bool)]
+
+
+def documented(pattern: str) -> JsonDict:
+    """A pattern stated in the schema for clients and fuzzers, and enforced by the service
+    behind the endpoint, whose message names the rule in words."""
+    return {"pattern": pattern}
+
+
+NAME_RULE = documented(rules.NAME_PATTERN)
+# 1 to 64 printable ASCII characters without spaces, or empty.
+REQUEST_ID_PATTERN = rf"^([!-~]{{1,{REQUEST_ID_MAX}}})?$"
 
 
 class SimilarArtist(BaseModel):
@@ -65,10 +90,14 @@ class Stats(BaseModel):
 class UserParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    bars: int = Field(default=0, ge=INT32_MIN, le=INT32_MAX)
-    tempo: float = Field(default=0.0, allow_inf_nan=False)
-    time_signature: Text = ""
-    variations: int = Field(default=0, ge=INT32_MIN, le=INT32_MAX)
+    bars: Int = Field(ge=rules.BARS_RANGE[0], le=rules.BARS_RANGE[1])
+    # BPM.
+    tempo: Float = Field(
+        ge=rules.TEMPO_BPM_RANGE[0], le=rules.TEMPO_BPM_RANGE[1], allow_inf_nan=False
+    )
+    # Like 4/4: 1..32 beats over 1, 2, 4, 8, 16 or 32.
+    time_signature: Text = Field(json_schema_extra=documented(f"^{rules.TIME_SIGNATURE_PATTERN}$"))
+    variations: Int = Field(ge=rules.VARIATIONS_RANGE[0], le=rules.VARIATIONS_RANGE[1])
 
 
 class HistoryEntry(BaseModel):
@@ -152,19 +181,50 @@ class ArtistPage(BaseModel):
 class NewGeneration(BaseModel):
     """One generation to record; the analytics service's rules apply to each field."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "artist_name": "J Dilla",
+                    "provider_used": "anthropic",
+                    "generation_time_ms": 1200,
+                    "tokens_used": 900,
+                    "cost_usd": 0.012,
+                    "user_params": {
+                        "bars": 4,
+                        "tempo": 92,
+                        "time_signature": "4/4",
+                        "variations": 2,
+                    },
+                    "output_files": ["out/dilla-1.mid"],
+                }
+            ]
+        },
+    )
 
     # Optional; an unknown name is 404.
-    artist_name: Text = ""
+    artist_name: Text = Field(
+        default="",
+        max_length=rules.NAME_MAX,
+        json_schema_extra=documented(f"^$|{rules.NAME_PATTERN}"),
+    )
     # anthropic, google, openai, template, or another lowercase identifier.
-    provider_used: Text
-    generation_time_ms: int = Field(ge=INT32_MIN, le=INT32_MAX)
-    tokens_used: int = Field(default=0, ge=INT64_MIN, le=INT64_MAX)
-    cost_usd: float = Field(default=0.0, allow_inf_nan=False)
+    provider_used: Text = Field(json_schema_extra=documented(f"^{rules.PROVIDER_PATTERN}$"))
+    generation_time_ms: Int = Field(ge=0, le=INT32_MAX)
+    tokens_used: Int = Field(default=0, ge=0, le=JSON_SAFE_INT_MAX)
+    cost_usd: Float = Field(default=0.0, ge=0, allow_inf_nan=False)
     user_params: UserParams
-    output_files: list[Text] = Field(default_factory=list)
-    # Makes a retry safe (AIP-155); the Idempotency-Key header is the same thing.
-    request_id: Text = ""
+    output_files: list[
+        Annotated[
+            Text,
+            Field(
+                min_length=1,
+                max_length=rules.MAX_PATH_LENGTH,
+                json_schema_extra=documented(r"^[^\x00-\x1f\x7f-\x9f]*$"),
+            ),
+        ]
+    ] = Field(default_factory=list, max_length=rules.MAX_OUTPUT_FILES)
 
 
 class Generation(BaseModel):

@@ -4,19 +4,21 @@ deadline, and answers with the specification's JSON."""
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Path, Query, Request
 from fastapi.responses import Response
 from google.protobuf.timestamp_pb2 import Timestamp
-from pydantic import AwareDatetime
 from starlette.convertors import Convertor, register_url_convertor
 
 from services.http_api import convert, models
 from services.http_api.deadline import remaining
 from services.http_api.errors import ApiError, ErrorBody
+from services.http_api.models import documented
 from services.http_api.upstream import Upstreams
+from shared import validation as rules
 from shared.logging import new_request_id
 from stylebase.analytics.v1 import analytics_service_pb2 as analytics_pb
 from stylebase.cache_gateway.v1 import cache_gateway_service_pb2 as gateway_pb
@@ -33,7 +35,8 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     described = {
         400: "A parameter breaks a rule; field_violations names each.",
         404: "The artist (or another named thing) does not exist.",
-        409: "The request conflicts with the current state.",
+        409: "The request conflicts with the current state (a reused Idempotency-Key, or a "
+        "min_version the store has not reached).",
         413: "The request body is too large.",
         429: "Too many requests; retry after Retry-After seconds.",
         500: "A bug: the body names the request id to look up in the server log.",
@@ -63,7 +66,43 @@ class _Name(Convertor[str]):
 register_url_convertor("name", _Name())
 router = APIRouter(prefix="/api/v1")
 
-ArtistName = Annotated[str, Path(description="The artist's name, percent-encoded.")]
+ArtistName = Annotated[
+    str,
+    Path(
+        description="The artist's name, percent-encoded (1 to 255 characters after trimming, "
+        "no control characters).",
+        max_length=rules.NAME_MAX,
+        json_schema_extra=models.NAME_RULE,
+        openapi_examples={"J Dilla": {"value": "J Dilla"}, "Questlove": {"value": "Questlove"}},
+    ),
+]
+DATE_TIME: dict[str, Any] = {"json_schema_extra": {"format": "date-time"}, "max_length": 64}
+TEMPO = {"ge": rules.FILTER_TEMPO_RANGE[0], "le": rules.FILTER_TEMPO_RANGE[1]}
+RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
+
+
+def _instant(field: str, value: str | None) -> Timestamp | None:
+    """An RFC 3339 timestamp (numbers and dates without an offset are refused) as a Timestamp."""
+    if value is None:
+        return None
+    if not RFC3339.match(value):
+        raise ApiError.invalid(field, "must be an RFC 3339 timestamp like 2026-12-02T10:15:00Z")
+    # Python's parser stops at microseconds; nanoseconds are kept by hand.
+    head, dot, tail = value.partition(".")
+    fraction = ""
+    if dot:
+        digits = re.match(r"\d+", tail)
+        assert digits is not None
+        fraction = digits.group(0)
+        value = head + tail[len(fraction) :]
+    try:
+        parsed = datetime.fromisoformat(value.replace("z", "Z"))
+    except ValueError as exc:
+        raise ApiError.invalid(field, f"is not a valid instant: {exc}") from None
+    stamp = _timestamp(field, parsed)
+    assert stamp is not None
+    stamp.nanos = int(fraction.ljust(9, "0")) if fraction else 0
+    return stamp
 
 
 def _upstreams(request: Request) -> Upstreams:
@@ -102,8 +141,8 @@ async def similar(
     request: Request,
     artist: ArtistName,
     limit: Annotated[int, Query(ge=1, le=20)] = 5,
-    min_tempo: Annotated[float | None, Query(allow_inf_nan=False)] = None,
-    max_tempo: Annotated[float | None, Query(allow_inf_nan=False)] = None,
+    min_tempo: Annotated[float | None, Query(allow_inf_nan=False, **TEMPO)] = None,
+    max_tempo: Annotated[float | None, Query(allow_inf_nan=False, **TEMPO)] = None,
     status: Annotated[models.ResearchStatusName | None, Query()] = None,
 ) -> Response:
     query = similarity_pb.FindSimilarArtistsRequest(artist_name=artist, limit=limit)
@@ -132,11 +171,11 @@ async def similar(
 )
 async def stats(
     request: Request,
-    since: Annotated[AwareDatetime | None, Query(description="RFC 3339, inclusive")] = None,
-    until: Annotated[AwareDatetime | None, Query(description="RFC 3339, exclusive")] = None,
+    since: Annotated[str | None, Query(description="RFC 3339, inclusive", **DATE_TIME)] = None,
+    until: Annotated[str | None, Query(description="RFC 3339, exclusive", **DATE_TIME)] = None,
 ) -> Response:
     query = analytics_pb.GetStatsRequest(
-        since=_timestamp("since", since), until=_timestamp("until", until)
+        since=_instant("since", since), until=_instant("until", until)
     )
     reply = await _upstreams(request).analytics.GetStats(query, timeout=remaining())
     return _json(convert.stats(reply))
@@ -171,7 +210,7 @@ async def history(
 @router.get(
     "/artists/{artist:name}/profile",
     response_model=models.ProfileRead,
-    responses=_errors(404),
+    responses=_errors(404, 409),
     summary="An artist's style profile, through the cache gateway",
 )
 async def profile(
@@ -223,13 +262,15 @@ async def record_generation(
     body: Annotated[models.NewGeneration, Body()],
     idempotency_key: Annotated[
         str | None,
-        Header(max_length=64, description="Makes a retry safe; the same as body.request_id"),
+        Header(
+            description="Makes a retry safe (AIP-155): a repeat within 24 hours records "
+            "nothing and returns the first answer; reusing a key for a different body is 409.",
+            json_schema_extra=documented(models.REQUEST_ID_PATTERN),
+        ),
     ] = None,
 ) -> Response:
-    if idempotency_key and body.request_id and idempotency_key != body.request_id:
-        raise ApiError.invalid("request_id", "differs from the Idempotency-Key header")
     # A key of its own when the client sent none: the channel's retries must not record twice.
-    request_id = body.request_id or idempotency_key or new_request_id()
+    request_id = idempotency_key or new_request_id()
     reply = await _upstreams(request).analytics.RecordGeneration(
         convert.record_request(body, request_id), timeout=remaining()
     )

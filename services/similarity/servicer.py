@@ -31,9 +31,13 @@ def _limit(value: int, field: str = "limit") -> int:
 def _filter(msg: pb.SimilarityFilter, field: str = "filter") -> SearchFilter:
     tempo_min = tempo_max = None
     if msg.HasField("tempo_min"):
-        tempo_min = validation.finite_in_range(msg.tempo_min, f"{field}.tempo_min", 0, 1000)
+        tempo_min = validation.finite_in_range(
+            msg.tempo_min, f"{field}.tempo_min", *validation.FILTER_TEMPO_RANGE
+        )
     if msg.HasField("tempo_max"):
-        tempo_max = validation.finite_in_range(msg.tempo_max, f"{field}.tempo_max", 0, 1000)
+        tempo_max = validation.finite_in_range(
+            msg.tempo_max, f"{field}.tempo_max", *validation.FILTER_TEMPO_RANGE
+        )
     if tempo_min is not None and tempo_max is not None and tempo_min > tempo_max:
         raise InvalidArgument.many(
             [

@@ -143,12 +143,18 @@ def key_of(request: Message, field: str = FIELD) -> Key | None:
     return Key(request.DESCRIPTOR.full_name, request_id, request_hash(request, field))
 
 
+REUSED_REASON = "REQUEST_ID_REUSED"
+
+
 def _mismatch(key: Key) -> InvalidArgument:
-    return InvalidArgument(
+    error = InvalidArgument(
         FIELD,
         f"'{key.request_id}' was already used within {RETENTION} for a different request;"
         " a new request needs a new request_id",
     )
+    # Its own reason: HTTP answers it 409, as the Idempotency-Key convention does.
+    error.reason = REUSED_REASON
+    return error
 
 
 def _answer(key: Key, stored_hash: bytes, response: bytes | None, kind: type[M]) -> M:

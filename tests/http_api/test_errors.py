@@ -98,6 +98,8 @@ def test_unknown_artist_is_the_spec_404_exactly(client: httpx.Client) -> None:
         ("/api/v1/stats?since=2026-13-45T99:00:00Z", "since"),
         ("/api/v1/stats?until=2026-12-02T10:00:00", "until"),  # no offset: not RFC 3339
         ("/api/v1/stats?since=0001-01-01T00:00:00%2B01:00", "since"),  # before year 1 in UTC
+        ("/api/v1/stats?since=1733130000", "since"),  # a number is not RFC 3339
+        ("/api/v1/stats?since=2026-12-02", "since"),  # nor is a date alone
     ],
 )
 def test_bad_parameters_are_400_naming_the_field(
@@ -141,7 +143,7 @@ def test_hostile_artist_names_in_the_path_are_400_or_404(client: httpx.Client, n
 @pytest.mark.parametrize(
     ("target", "field"),
     [
-        ("/api/v1/similar/{}", "artist_name"),
+        ("/api/v1/similar/{}", "artist"),
         ("/api/v1/stats?since={}", "since"),
         ("/api/v1/artists?page_token={}", "page_token"),
     ],
@@ -173,7 +175,9 @@ def test_a_megabyte_in_the_path_or_the_query_is_400(
         ({**GOOD_BODY, "user_params": {"bars": 10**12}}, "user_params.bars"),
         ({**GOOD_BODY, "user_params": {**PARAMS, "tempo": 0}}, None),
         ({**GOOD_BODY, "surprise": 1}, "surprise"),
-        ({**GOOD_BODY, "request_id": "has spaces"}, "request_id"),
+        ({**GOOD_BODY, "request_id": "x"}, "request_id"),  # the Idempotency-Key header's job
+        ({**GOOD_BODY, "cost_usd": False}, "cost_usd"),
+        ({**GOOD_BODY, "generation_time_ms": True}, "generation_time_ms"),
     ],
 )
 def test_bad_generations_are_400_and_write_nothing(
@@ -212,13 +216,19 @@ def test_unknown_artist_in_a_generation_is_404(client: httpx.Client) -> None:
     assert_error(reply, 404, "artist_not_found")
 
 
-def test_idempotency_key_and_body_request_id_must_agree(client: httpx.Client) -> None:
+def test_a_bad_idempotency_key_is_400(client: httpx.Client) -> None:
     reply = client.post(
-        "/api/v1/generations",
-        json={**GOOD_BODY, "request_id": "one-0001"},
-        headers={"Idempotency-Key": "two-0002"},
+        "/api/v1/generations", json=GOOD_BODY, headers={"Idempotency-Key": "has spaces"}
     )
     assert_error(reply, 400, "invalid_argument", "request_id")
+
+
+def test_an_idempotency_key_reused_for_another_body_is_409(client: httpx.Client) -> None:
+    headers = {"Idempotency-Key": "reused-key-0001"}
+    assert client.post("/api/v1/generations", json=GOOD_BODY, headers=headers).status_code == 201
+    other = {**GOOD_BODY, "generation_time_ms": 101}
+    reply = client.post("/api/v1/generations", json=other, headers=headers)
+    assert_error(reply, 409, "request_id_reused")
 
 
 def test_request_id_is_echoed_or_made(client: httpx.Client) -> None:
