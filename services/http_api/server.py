@@ -6,9 +6,13 @@ finish for up to GRPC_GRACE_SECONDS, then runs the app's shutdown (closing the c
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import socket
 import sys
+import threading
+from collections.abc import Iterator
 
 import uvicorn
 from pydantic import ValidationError
@@ -20,6 +24,24 @@ from shared.logging import configure_logging
 from shared.telemetry import configure_tracing
 
 log = logging.getLogger("services.http_api")
+HANDLED = (signal.SIGINT, signal.SIGTERM)
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, exiting 0 once drained, as the gRPC services do: uvicorn itself
+    raises the signal again after its shutdown, so the process would die of SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in HANDLED}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -58,7 +80,7 @@ def main() -> int:
         # Above the default 5 s: a client's keep-alive pool reuses the connection.
         timeout_keep_alive=30,
     )
-    server = uvicorn.Server(config)
+    server = Server(config)
     log.info("HTTP API listening on %s:%s", settings.grpc_host, sock.getsockname()[1])
     try:
         server.run(sockets=[sock])
