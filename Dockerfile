@@ -25,7 +25,8 @@ ENV PATH=/opt/stylebase/bin:$PATH \
     GRPC_HOST=0.0.0.0
 USER 10001:10001
 WORKDIR /tmp
-# gRPC ports, then Prometheus metrics ports (profile_store, similarity, analytics, cache_gateway).
-EXPOSE 50051 50052 50053 50054 9101 9102 9103 9104
+# gRPC ports, then Prometheus metrics ports (profile_store, similarity, analytics, cache_gateway),
+# then the HTTP API (its metrics on the same port).
+EXPOSE 50051 50052 50053 50054 9101 9102 9103 9104 8080
 ENTRYPOINT ["stylebase"]
 CMD ["serve", "profile_store"]

@@ -16,9 +16,9 @@ from shared.settings import SERVICES, DatabaseSettings, ServiceName, StackSettin
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stylebase", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("up", help="start the database, migrate, and run all four services")
+    sub.add_parser("up", help="start the database, migrate, and run every service")
     serve = sub.add_parser("serve", help="run one service in this process")
-    serve.add_argument("service", choices=SERVICES)
+    serve.add_argument("service", choices=(*SERVICES, "http_api"))
     mig = sub.add_parser("migrate", help="upgrade the database schema")
     mig.add_argument("--revision", default="head")
     down = sub.add_parser("downgrade", help="downgrade the database schema")
@@ -30,6 +30,12 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
+        if args.service == "http_api":
+            # An HTTP server, not a gRPC one: it has its own entry point.
+            import importlib
+
+            code: int = importlib.import_module("services.http_api.server").main()
+            return code
         from shared.runner import run_service
 
         return run_service(cast(ServiceName, args.service))

@@ -246,5 +246,5 @@ class StackSettings(DatabaseSettings, EndpointSettings, LogSettings, RedisSettin
     def _distinct_ports(self) -> StackSettings:
         ports = [p for p in (*map(self.port_of, SERVICES), self.http_api_port) if p != 0]
         if len(ports) != len(set(ports)):
-            raise ValueError("the service ports (the four gRPC ones and HTTP_API_PORT) must differ")
+            raise ValueError("the service ports must differ (the four gRPC ones and HTTP_API_PORT)")
         return self

@@ -22,9 +22,10 @@ from pydantic import AliasChoices
 
 from shared.embedded.ports import free_port
 from shared.grpc.server import LIVENESS, ServiceDefinition, start_server, stop_server
-from shared.settings import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, SERVICES
+from shared.settings import DEFAULT_HTTP_API_PORT, DEFAULT_METRICS_PORTS, DEFAULT_PORTS, SERVICES
 
 ROOT = Path(__file__).resolve().parent.parent
+EVERY_SERVICE = (*SERVICES, "http_api")
 KUSTOMIZE = ROOT / "deploy" / "kustomize"
 # The oldest Kubernetes minor the manifests target (native gRPC probes are GA from 1.27).
 K8S_VERSION = "1.32"
@@ -83,7 +84,7 @@ def test_compose_follows_the_compose_specification(compose: dict[str, Any]) -> N
     assert not errors, [f"{list(e.absolute_path)}: {e.message}" for e in errors]
 
 
-@pytest.mark.parametrize("service", SERVICES)
+@pytest.mark.parametrize("service", EVERY_SERVICE)
 def test_compose_sets_every_variable_the_service_reads(
     compose: dict[str, Any], service: str
 ) -> None:
@@ -129,7 +130,9 @@ def test_compose_services_start_in_order_on_healthy_dependencies(compose: dict[s
     assert "redis" in services["cache_gateway"]["depends_on"]
     assert "redis" in services["profile_store"]["depends_on"]
     prometheus = services["prometheus"]["depends_on"]
-    assert set(prometheus) == set(SERVICES)
+    assert set(prometheus) == set(EVERY_SERVICE)
+    # The HTTP API starts once the four it calls are healthy.
+    assert set(services["http_api"]["depends_on"]) == set(SERVICES)
 
 
 def test_compose_datastores_are_configured_as_required(compose: dict[str, Any]) -> None:
@@ -163,7 +166,20 @@ def test_prometheus_scrapes_all_four_services(compose: dict[str, Any]) -> None:
         for group in job["static_configs"]
         for target in group["targets"]
     }
-    assert targets == {f"{s}:{DEFAULT_METRICS_PORTS[s]}" for s in SERVICES}
+    assert targets == {f"{s}:{DEFAULT_METRICS_PORTS[s]}" for s in SERVICES} | {
+        f"http_api:{DEFAULT_HTTP_API_PORT}"
+    }
+
+
+def test_compose_runs_the_http_api_with_an_http_health_check(compose: dict[str, Any]) -> None:
+    spec = compose["services"]["http_api"]
+    assert spec["command"] == ["serve", "http_api"]
+    assert spec["environment"]["HTTP_API_PORT"] == str(DEFAULT_HTTP_API_PORT)
+    assert f"{DEFAULT_HTTP_API_PORT}:{DEFAULT_HTTP_API_PORT}" in spec["ports"]
+    assert spec["healthcheck"]["test"][-1] == f"http://127.0.0.1:{DEFAULT_HTTP_API_PORT}/readyz"
+    for name in ("similarity", "analytics"):
+        target = spec["environment"][f"{name.upper()}_TARGET"]
+        assert target == f"{name}:{DEFAULT_PORTS[name]}"
 
 
 def test_images_are_pinned(compose: dict[str, Any]) -> None:
@@ -305,7 +321,7 @@ def test_base_autoscales_the_gateway_and_similarity_and_migrates_once() -> None:
             "name": name,
         }
     scaled = {d["metadata"]["name"] for d in documents if d["kind"] == "HorizontalPodAutoscaler"}
-    assert scaled == {"cache-gateway", "similarity"}
+    assert scaled == {"cache-gateway", "similarity", "http-api"}
     job = find(documents, "Job", "stylebase-migrate")["spec"]["template"]["spec"]
     assert job["restartPolicy"] == "Never"
     assert job["containers"][0]["args"] == ["migrate"]
@@ -323,7 +339,29 @@ def _pod_environment(documents: list[dict[str, Any]], name: str) -> dict[str, An
     return environment
 
 
-@pytest.mark.parametrize("service", SERVICES)
+def test_base_runs_the_http_api_hardened_with_http_probes() -> None:
+    documents = base_documents()
+    find(documents, "ServiceAccount", "http-api")
+    find(documents, "PodDisruptionBudget", "http-api")
+    find(documents, "HorizontalPodAutoscaler", "http-api")
+    svc = find(documents, "Service", "http-api")
+    assert [(p["name"], p["port"]) for p in svc["spec"]["ports"]] == [
+        ("http", DEFAULT_HTTP_API_PORT)
+    ]
+    pod = find(documents, "Deployment", "http-api")["spec"]["template"]
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(DEFAULT_HTTP_API_PORT)
+    (container,) = pod["spec"]["containers"]
+    assert container["args"] == ["serve", "http_api"]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True and security["capabilities"]["drop"] == [
+        "ALL"
+    ]
+    assert "env" not in container, "no database or Redis secret: it calls the services only"
+
+
+@pytest.mark.parametrize("service", EVERY_SERVICE)
 def test_base_sets_every_variable_the_service_reads(service: str) -> None:
     environment = _pod_environment(base_documents(), dash(service))
     assert missing(service, set(environment)) == []
@@ -331,7 +369,7 @@ def test_base_sets_every_variable_the_service_reads(service: str) -> None:
     for other in SERVICES:
         assert environment[f"{other.upper()}_PORT"] == str(DEFAULT_PORTS[other])
         assert environment[f"{other.upper()}_METRICS_PORT"] == str(DEFAULT_METRICS_PORTS[other])
-    for target in ("profile_store", "cache_gateway"):
+    for target in SERVICES:
         expected = f"{dash(target)}:{DEFAULT_PORTS[target]}"
         assert environment[f"{target.upper()}_TARGET"] == expected
 

@@ -64,8 +64,11 @@ def test_redis_ttl_defaults_to_seven_days() -> None:
     assert RedisSettings().redis_ttl_seconds == 604_800
 
 
-def test_stack_refuses_two_services_on_one_port(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SIMILARITY_PORT", "50051")
+@pytest.mark.parametrize("variable", ["SIMILARITY_PORT", "HTTP_API_PORT"])
+def test_stack_refuses_two_services_on_one_port(
+    monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    monkeypatch.setenv(variable, "50051")
     with pytest.raises(ValidationError, match="ports must differ"):
         StackSettings()
 
