@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: install run test generate check-generated lint format breaking pytest migrate seed-demo \
-	faults bench bench-profile-store bench-similarity bench-analytics bench-cache-gateway clean
+	faults bench bench-profile-store bench-similarity bench-analytics bench-cache-gateway bench-http-api clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -80,6 +80,9 @@ bench-analytics: install
 
 bench-cache-gateway: install
 	$(BIN)/python -m bench.cache_gateway
+
+bench-http-api: install
+	$(BIN)/python -m bench.http_api
 
 clean:
 	rm -rf $(VENV) .gen-check .mypy_cache .ruff_cache .pytest_cache

@@ -31,7 +31,7 @@ lists `field_violations`. Send `X-Request-Id` to have it echoed and logged, and
 def create_app(settings: Settings, *, traced: bool = False) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.upstreams = Upstreams.connect(settings)
+        app.state.upstreams = Upstreams.connect(settings, traced=traced)
         app.state.stopping = False
         try:
             yield

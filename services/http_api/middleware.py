@@ -6,8 +6,10 @@ a memory stream per request on the hot path.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
+from typing import Any
 
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
@@ -97,10 +99,9 @@ class RequestContext:
                 deadline_var.reset(deadline_token)
         finally:
             request_id_var.reset(id_token)
-            route = _route_of(scope)
-            method = scope["method"]
-            HTTP_REQUESTS.labels(method, route, str(status[0])).inc()
-            HTTP_DURATION.labels(method, route).observe(time.perf_counter() - started)
+            counter, histogram = _series(scope["method"], _route_of(scope), status[0])
+            counter.inc()
+            histogram.observe(time.perf_counter() - started)
 
     async def _traced(
         self, scope: Scope, headers: dict[str, str], receive: Receive, send: Send
@@ -130,6 +131,12 @@ class RequestContext:
                 "payload_too_large",
                 f"the body is {int(length)} bytes; at most {self.max_body_bytes} are accepted",
             )
+
+
+@functools.cache
+def _series(method: str, route: str, status: int) -> tuple[Any, Any]:
+    # Bound once per (method, route, status): labels() costs about as much as the update.
+    return HTTP_REQUESTS.labels(method, route, str(status)), HTTP_DURATION.labels(method, route)
 
 
 def _route_of(scope: Scope) -> str:

@@ -152,7 +152,10 @@ async def similar(
         query.filter.tempo_max = max_tempo
     if status is not None:
         query.filter.research_status = convert.STATUS_VALUES[status]
-    reply = await _upstreams(request).similarity.FindSimilarArtists(query, timeout=remaining())
+    up = _upstreams(request)
+    reply = await up.similarity.FindSimilarArtists(
+        query, timeout=remaining(), metadata=up.metadata()
+    )
     return _json(
         {
             "artist": artist,
@@ -177,7 +180,8 @@ async def stats(
     query = analytics_pb.GetStatsRequest(
         since=_instant("since", since), until=_instant("until", until)
     )
-    reply = await _upstreams(request).analytics.GetStats(query, timeout=remaining())
+    up = _upstreams(request)
+    reply = await up.analytics.GetStats(query, timeout=remaining(), metadata=up.metadata())
     return _json(convert.stats(reply))
 
 
@@ -196,7 +200,8 @@ async def history(
     query = analytics_pb.GetArtistHistoryRequest(
         artist_name=artist, limit=limit, page_token=page_token
     )
-    reply = await _upstreams(request).analytics.GetArtistHistory(query, timeout=remaining())
+    up = _upstreams(request)
+    reply = await up.analytics.GetArtistHistory(query, timeout=remaining(), metadata=up.metadata())
     return _json(
         {
             "artist": artist,
@@ -222,7 +227,8 @@ async def profile(
     ] = 0,
 ) -> Response:
     query = gateway_pb.GetStyleProfileRequest(artist_name=artist, min_version=min_version)
-    reply = await _upstreams(request).gateway.GetStyleProfile(query, timeout=remaining())
+    up = _upstreams(request)
+    reply = await up.gateway.GetStyleProfile(query, timeout=remaining(), metadata=up.metadata())
     return _json(convert.profile_read(reply, include_embedding=include_embedding))
 
 
@@ -241,7 +247,8 @@ async def artists(
     query = store_pb.ListArtistsRequest(page_size=page_size, page_token=page_token)
     if status is not None:
         query.research_status = convert.STATUS_VALUES[status]
-    reply = await _upstreams(request).store.ListArtists(query, timeout=remaining())
+    up = _upstreams(request)
+    reply = await up.store.ListArtists(query, timeout=remaining(), metadata=up.metadata())
     return _json(
         {
             "artists": [convert.artist(a) for a in reply.artists],
@@ -271,7 +278,8 @@ async def record_generation(
 ) -> Response:
     # A key of its own when the client sent none: the channel's retries must not record twice.
     request_id = idempotency_key or new_request_id()
-    reply = await _upstreams(request).analytics.RecordGeneration(
-        convert.record_request(body, request_id), timeout=remaining()
+    up = _upstreams(request)
+    reply = await up.analytics.RecordGeneration(
+        convert.record_request(body, request_id), timeout=remaining(), metadata=up.metadata()
     )
     return _json(convert.generation(reply.generation), status=201)

@@ -7,9 +7,12 @@ from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry import propagate
 
 from services.http_api.config import Settings
 from shared.grpc.channels import service_channel
+from shared.grpc.interceptors import REQUEST_ID_KEY
+from shared.logging import request_id_var
 from shared.settings import ServiceName
 from stylebase.analytics.v1 import analytics_service_pb2_grpc as analytics_grpc
 from stylebase.cache_gateway.v1 import cache_gateway_service_pb2_grpc as gateway_grpc
@@ -28,17 +31,33 @@ class Upstreams:
     analytics: analytics_grpc.AnalyticsServiceAsyncStub
     gateway: gateway_grpc.CacheGatewayServiceAsyncStub
     channels: dict[ServiceName, grpc.aio.Channel] = field(default_factory=dict)
+    # With tracing on, the channels' interceptors send the request id and trace context and
+    # record a CLIENT span per call; without, metadata() sends the two and no wrapper runs.
+    intercepted: bool = True
 
     @classmethod
-    def connect(cls, settings: Settings) -> Upstreams:
-        channels = {name: service_channel(settings.target_of(name)) for name in UPSTREAMS}
+    def connect(cls, settings: Settings, *, traced: bool = False) -> Upstreams:
+        channels = {
+            name: service_channel(settings.target_of(name), interceptors=traced)
+            for name in UPSTREAMS
+        }
         return cls(
             store=store_grpc.ProfileStoreServiceStub(channels["profile_store"]),
             similarity=similarity_grpc.SimilarityServiceStub(channels["similarity"]),
             analytics=analytics_grpc.AnalyticsServiceStub(channels["analytics"]),
             gateway=gateway_grpc.CacheGatewayServiceStub(channels["cache_gateway"]),
             channels=channels,
+            intercepted=traced,
         )
+
+    def metadata(self) -> tuple[tuple[str, str], ...] | None:
+        """What each call sends: the request id and, when the request carries or records
+        a trace, its W3C traceparent."""
+        if self.intercepted:
+            return None
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        return ((REQUEST_ID_KEY, request_id_var.get()), *carrier.items())
 
     async def not_serving(self) -> list[str]:
         """The upstreams whose health service does not answer SERVING now."""
