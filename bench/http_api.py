@@ -3,8 +3,9 @@ FindSimilarArtists on the same data, the same queries, in the same run.
 
 HTTP is measured with two clients: aiohttp (lean) and httpx (whose own cost per request is
 about a millisecond; its /healthz floor shows it). Starts its own embedded PostgreSQL with
-10,000 synthetic artists (an HNSW index, as migrated), the four services and http_api on free ports; prints p50/p95/p99 and throughput
-at 1 and 16 requests in flight, and HTTP's ratio to gRPC; stops everything.
+10,000 synthetic artists (an HNSW index, as migrated), the four services and http_api on
+free ports; prints p50/p95/p99 and throughput at 1 and 16 requests in flight, and HTTP's
+ratio to gRPC; stops everything.
 
     python -m bench.http_api [--artists 10000] [--queries 2000] [--rounds 3]
 """
