@@ -7,7 +7,6 @@ import os
 import re
 import shlex
 import shutil
-import stat
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,6 +26,7 @@ log = logging.getLogger(__name__)
 # Files of the source's running server that pg_basebackup copies and the new one must not see.
 _SKIP = re.compile(r"^(server\.log|backup_manifest|\.s\.PGSQL\..*)$")
 _STOPPED_AT = re.compile(r"recovery stopping before (?:commit|abort) of transaction \d+, time (.+)")
+_REDO_DONE = re.compile(r"redo done at ([0-9A-F]+/[0-9A-F]+)")
 _LAST_TX = re.compile(r"last completed transaction was at log time (.+)")
 RECOVERY_TIMEOUT_SECONDS = 3600.0
 
@@ -138,6 +138,8 @@ def restore(
         shutil.rmtree(target, ignore_errors=True)
         raise no_space(exc, target) from exc
     restored_to = _recover(target, to)
+    if to is None:
+        _check_reached_the_end(target, archive)
     if in_place:
         aside = live.parent / f"{live.name}.before-restore-{catalog.now():%Y%m%dT%H%M%SZ}"
         if live.exists():
@@ -196,10 +198,18 @@ def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def _restore_command(wal_dir: Path) -> str:
+    """Copy from the archive. Exit 1 means 'not archived': the end of recovery. A file that
+    is there but cannot be copied exits 255, which PostgreSQL takes as fatal: recovery must
+    fail loudly rather than stop early and promote without the rest of the WAL."""
+    source = shlex.quote(str(wal_dir)) + "/%f"
+    return f'if [ -e {source} ]; then cp {source} "%p" || exit 255; else exit 1; fi'
+
+
 def _configure(target: Path, wal_dir: Path, to: datetime | None) -> None:
     lines = [
         "# Point-in-time recovery, removed again once the server has promoted.",
-        f"restore_command = {_quote(f'cp {shlex.quote(str(wal_dir))}/%f %p')}",
+        f"restore_command = {_quote(_restore_command(wal_dir))}",
         "recovery_target_action = 'promote'",
     ]
     if to is not None:
@@ -210,8 +220,9 @@ def _configure(target: Path, wal_dir: Path, to: datetime | None) -> None:
 
 
 def _hand_to_server_user(target: Path, wal_dir: Path) -> None:
-    """When root, the server runs as its own user: it owns the copy (mode 0700, as PostgreSQL
-    demands) and reads the archive through its group."""
+    """When root, the server runs as its own user (with root's group: subprocess sets the
+    uid only): it must own the copy (mode 0700, as PostgreSQL demands) and the archive's
+    files to read them. Root, which writes the archive, is not hindered by either."""
     user = server_user()
     if user is None:
         return
@@ -222,11 +233,22 @@ def _hand_to_server_user(target: Path, wal_dir: Path) -> None:
     target.chmod(0o700)
     ensure_prefix_permissions(target)
     ensure_prefix_permissions(wal_dir)
-    os.chown(wal_dir, -1, user.pw_gid)
-    wal_dir.chmod(wal_dir.stat().st_mode | stat.S_IRGRP | stat.S_IXGRP)
-    for path in wal_dir.iterdir():
-        os.chown(path, -1, user.pw_gid)
-        path.chmod(path.stat().st_mode | stat.S_IRGRP)
+    for path in [wal_dir, *wal_dir.iterdir()]:
+        os.chown(path, user.pw_uid, user.pw_gid, follow_symlinks=False)
+
+
+def _check_reached_the_end(target: Path, archive: Archive) -> None:
+    """--latest must replay everything archived: stopping short would lose commits quietly."""
+    done = _REDO_DONE.findall(_log_text(target))
+    newest = archive.newest_segment()
+    if not done or newest is None:
+        return
+    reached = catalog.parse_lsn(done[-1]) // catalog.WAL_SEGMENT_SIZE
+    if reached < newest:
+        raise BackupError(
+            f"recovery stopped at {done[-1]}, before the end of the WAL archive (segment "
+            f"{newest:X}); see {target / 'server.log'}"
+        )
 
 
 def _log_text(target: Path) -> str:
