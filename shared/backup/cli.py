@@ -114,7 +114,12 @@ def _prune(settings: BackupSettings, _args: argparse.Namespace) -> int:
 
 
 def _restore(settings: BackupSettings, args: argparse.Namespace) -> int:
-    to = None if args.latest else catalog.parse_time(args.to)
+    try:
+        to = None if args.latest else catalog.parse_time(args.to)
+    except ValueError:
+        raise BackupError(
+            f"--to {args.to!r} is not an ISO 8601 time (e.g. 2026-12-02T10:15:00Z)"
+        ) from None
     with bar("restore") as progress:
         result = restore.restore(
             settings, to=to, target=args.target, in_place=args.in_place, progress=progress
