@@ -97,6 +97,9 @@ class Archiver:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            # Its own session: a Ctrl-C at the terminal reaches the supervisor, which stops
+            # it, rather than killing it behind the supervisor's back.
+            start_new_session=True,
         )
 
     def _supervise(self) -> None:

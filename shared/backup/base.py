@@ -116,6 +116,7 @@ def _basebackup(
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        start_new_session=True,  # stopped through `stop`, not by the terminal's Ctrl-C
     )
     assert process.stderr is not None
     collected: list[str] = []

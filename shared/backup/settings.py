@@ -12,7 +12,9 @@ SECONDS_PER_DAY = 86_400.0
 
 
 class BackupSettings(_Base):
-    backup_dir: str = ".stylebase/backups"
+    # Empty: <STYLEBASE_DATA_DIR>/backups, so .stylebase/backups by default, and a stack
+    # started on a restored directory archives into a fresh place of its own.
+    backup_dir: str = ""
     # 'stylebase up' streams the embedded server's WAL into BACKUP_DIR/wal.
     backup_wal_archive: bool = True
     # A float so a test can keep seconds; the recovery window prune keeps.
@@ -41,7 +43,7 @@ class BackupSettings(_Base):
 
     @property
     def root(self) -> Path:
-        return Path(self.backup_dir)
+        return Path(self.backup_dir or str(Path(self.stylebase_data_dir) / "backups"))
 
     @property
     def base_dir(self) -> Path:
