@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 from shared.backup import catalog
-from shared.backup.base import verify
+from shared.backup.base import TOOLS_MAJOR, verify
 from shared.backup.catalog import Archive, BackupRecord
 from shared.backup.progress import ProgressFn, quiet
 from shared.backup.settings import BackupSettings
@@ -119,6 +119,11 @@ def restore(
         final = target = (target or _default_target(settings)).resolve()
     _check_target(target)
     base = choose_base(settings, to)
+    if base.server_version // 10000 != TOOLS_MAJOR:
+        raise BackupError(
+            f"base backup {base.id} is of PostgreSQL {base.server_version // 10000}; this "
+            f"restore runs PostgreSQL {TOOLS_MAJOR}: restore it with a server of its version"
+        )
     archive = Archive.scan(settings.wal_dir)
     end_segment = catalog.parse_lsn(base.end_lsn) // catalog.WAL_SEGMENT_SIZE
     gap = archive.first_gap_after(end_segment)
