@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: install run test generate check-generated lint format breaking pytest migrate seed-demo \
-	faults bench bench-profile-store bench-similarity bench-analytics bench-cache-gateway clean
+	faults bench bench-profile-store bench-similarity bench-analytics bench-cache-gateway bench-backup clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -75,6 +75,10 @@ bench-analytics: install
 
 bench-cache-gateway: install
 	$(BIN)/python -m bench.cache_gateway
+
+# Base backup and restore of 100k profiles and 1M generations, WAL per 10,000 saves.
+bench-backup: install
+	$(BIN)/python -m bench.backup $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .gen-check .mypy_cache .ruff_cache .pytest_cache

@@ -237,6 +237,8 @@ def _hand_to_server_user(target: Path, wal_dir: Path) -> None:
         os.chown(path, user.pw_uid, user.pw_gid, follow_symlinks=False)
     target.chmod(0o700)
     ensure_prefix_permissions(target)
+    if not wal_dir.is_dir():
+        return  # no archive yet: the backup's own WAL is all there is
     ensure_prefix_permissions(wal_dir)
     for path in [wal_dir, *wal_dir.iterdir()]:
         os.chown(path, user.pw_uid, user.pw_gid, follow_symlinks=False)
