@@ -82,7 +82,7 @@ def test_bad_input_is_refused_with_the_reason(
     )
     assert code == 1
     assert "2020-01-01T00:00:00Z is before the earliest reachable point" in err
-    assert record.end.isoformat(timespec="seconds") in err
+    assert catalog.iso(record.end, precise=True) in err
 
     code, _, err = run_cli(
         source.settings, ["restore", "--to", "yesterday", "--target", str(source.tmp / "n")], capsys

@@ -51,8 +51,10 @@ def parse_time(text: str) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def iso(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+def iso(value: datetime, *, precise: bool = False) -> str:
+    """UTC with a Z; precise (milliseconds) where a reader may pass the time back to --to."""
+    spec = "milliseconds" if precise else "seconds"
+    return value.astimezone(UTC).isoformat(timespec=spec).replace("+00:00", "Z")
 
 
 @dataclass

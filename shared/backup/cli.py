@@ -81,8 +81,8 @@ def _list(settings: BackupSettings, args: argparse.Namespace) -> int:
     if reach.earliest is None or reach.latest is None:
         print("no verified backup: nothing can be restored")
     else:
-        print(f"earliest restore point: {reach.earliest.isoformat(timespec='seconds')}")
-        print(f"latest restore point:   {reach.latest.isoformat(timespec='seconds')}")
+        print(f"earliest restore point: {catalog.iso(reach.earliest, precise=True)}")
+        print(f"latest restore point:   {catalog.iso(reach.latest, precise=True)}")
     return 1 if failed else 0
 
 

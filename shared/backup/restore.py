@@ -77,7 +77,7 @@ def choose_base(settings: BackupSettings, to: datetime | None) -> BackupRecord:
     if to < earliest.end:
         raise BackupError(
             f"{catalog.iso(to)} is before the earliest reachable point "
-            f"{earliest.end.isoformat(timespec='seconds')} (the end of base backup "
+            f"{catalog.iso(earliest.end, precise=True)} (the end of base backup "
             f"{earliest.id}); choose a later time"
         )
     if to > catalog.now():
