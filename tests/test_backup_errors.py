@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -93,3 +95,32 @@ def test_bad_input_is_refused_with_the_reason(
     settings = source.settings_with(stylebase_data_dir=str(source.server.pgdata.parent))
     code, _, err = run_cli(settings, ["restore", "--latest", "--in-place"], capsys)
     assert code == 1 and "stop the stack" in err
+
+
+def test_a_time_beyond_the_archive_is_refused_and_in_place_keeps_the_old_directory(
+    source: Source, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source.write("kept")
+    code, _, err = run_cli(source.settings, ["backup"], capsys)
+    assert code == 0, err
+    source.write("never-archived")
+    time.sleep(0.3)
+    # No archiver ran: the backup's own WAL ends before this time.
+    after = catalog.now() - timedelta(seconds=0.1)
+    code, _, err = run_cli(
+        source.settings,
+        ["restore", "--to", catalog.iso(after, precise=True), "--target", str(source.tmp / "t")],
+        capsys,
+    )
+    assert code == 1
+    assert "the WAL archive ends before" in err
+
+    live = source.server.pgdata
+    source.server.stop()
+    code, _, err = run_cli(source.settings, ["restore", "--latest", "--in-place"], capsys)
+    assert code == 0, err
+    (aside,) = live.parent.glob("postgres.before-restore-*")
+    assert (aside / "PG_VERSION").exists()
+    source.server.start()
+    names = source.sql("SELECT string_agg(DISTINCT split_part(name, '-', 1), ',') FROM artists")
+    assert names == "kept", "the base backup's rows, without the later ones"

@@ -39,6 +39,15 @@ def ensure_slot(url: str, slot: str) -> None:
     )
 
 
+def _drain(process: subprocess.Popen[bytes], last_line: list[str]) -> None:
+    assert process.stderr is not None
+    for raw in process.stderr:
+        line = raw.decode(errors="replace").strip()
+        if line:
+            log.warning("pg_receivewal: %s", line)
+            last_line[:] = [line]
+
+
 def _with_application_name(url: str) -> str:
     joiner = "&" if "?" in url else "?"
     return f"{url}{joiner}application_name={APPLICATION_NAME}"
@@ -117,6 +126,13 @@ class Archiver:
                 continue
             with self._lock:
                 self._process = process
+            last_line: list[str] = []
+            # Drained as it comes: a full pipe would block pg_receivewal in its retry messages
+            # during a long outage of the server.
+            drain = threading.Thread(
+                target=_drain, args=(process, last_line), name="wal-archiver-log", daemon=True
+            )
+            drain.start()
             ARCHIVER_UP.set(1)
             started = time.monotonic()
             while process.poll() is None and not self._stop.is_set():
@@ -127,8 +143,8 @@ class Archiver:
             if self._stop.is_set():
                 break
             ARCHIVER_UP.set(0)
-            stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
-            reason = stderr.strip().splitlines()[-1] if stderr.strip() else "no message"
+            drain.join(2)
+            reason = last_line[-1] if last_line else "no message"
             log.warning("pg_receivewal exited with %s (%s); restarting", process.returncode, reason)
             self.restarts += 1
             ARCHIVER_RESTARTS.inc()
