@@ -23,7 +23,7 @@ def test_prune_keeps_exactly_the_window_and_refuses_restores_before_it(
         records = []
         for label in ("a", "b", "c"):
             source.write(label)
-            records.append(base.take(source.settings, source.url))
+            records.append(base.take(source.settings, source.url, incremental=False))
             source.switch_wal()
             time.sleep(1.1)
         archiver.wait_archived()

@@ -34,7 +34,11 @@ def take(
     *,
     progress: ProgressFn = quiet,
     stop: threading.Event | None = None,
+    incremental: bool | None = None,
 ) -> BackupRecord:
+    """A verified base backup. incremental: True forces one on the newest verified backup,
+    False a full one, None follows BACKUP_FULL_INTERVAL_DAYS (and falls back to a full
+    backup when the server cannot give an incremental one)."""
     check_directory(settings.root, "BACKUP_DIR")
     try:
         settings.base_dir.mkdir(parents=True, exist_ok=True)
@@ -43,7 +47,33 @@ def take(
     with exclusive(settings.root, "take the backup"):
         for stale in settings.base_dir.glob("*.tmp"):
             shutil.rmtree(stale, ignore_errors=True)  # left by a killed run
-        return _take_locked(settings, url, progress, stop)
+        parent = _parent(settings, incremental)
+        if parent is not None:
+            try:
+                return _take_locked(settings, url, progress, stop, parent)
+            except BackupError as exc:
+                if incremental or (stop is not None and stop.is_set()):
+                    raise
+                log.warning("incremental backup not possible (%s); taking a full one", exc)
+        return _take_locked(settings, url, progress, stop, None)
+
+
+def _parent(settings: BackupSettings, incremental: bool | None) -> BackupRecord | None:
+    if incremental is False:
+        return None
+    verified = [r for r in catalog.load_all(settings.base_dir) if r.verified]
+    if not verified:
+        if incremental:
+            raise BackupError(f"no verified base backup in {settings.base_dir} to build on")
+        return None
+    if incremental is None:
+        fulls = [r for r in verified if r.parent is None]
+        interval = settings.full_interval_seconds
+        if not fulls or interval == 0:
+            return None
+        if (catalog.now() - fulls[-1].end).total_seconds() >= interval:
+            return None
+    return verified[-1]
 
 
 def _server_facts(url: str) -> tuple[int, str, int]:
@@ -57,9 +87,15 @@ def _server_facts(url: str) -> tuple[int, str, int]:
 
 
 def _take_locked(
-    settings: BackupSettings, url: str, progress: ProgressFn, stop: threading.Event | None
+    settings: BackupSettings,
+    url: str,
+    progress: ProgressFn,
+    stop: threading.Event | None,
+    parent: BackupRecord | None,
 ) -> BackupRecord:
     version, system_identifier, database_bytes = _server_facts(url)
+    if parent is not None and parent.system_identifier != system_identifier:
+        raise BackupError(f"base backup {parent.id} is of another cluster")
     free = shutil.disk_usage(settings.base_dir).free
     if free < database_bytes * SPACE_MARGIN:
         raise BackupError(
@@ -73,9 +109,15 @@ def _take_locked(
     partial = settings.base_dir / f"{backup_id}.tmp"
     started = time.monotonic()
     try:
-        _basebackup(url, partial, backup_id, progress, stop)
+        manifest = (
+            catalog.backup_path(settings.base_dir, parent.id) / "backup_manifest"
+            if parent is not None
+            else None
+        )
+        _basebackup(url, partial, backup_id, progress, stop, manifest)
         end_time = catalog.now()
         record = _describe(partial, backup_id, end_time, version, system_identifier)
+        record.parent = parent.id if parent is not None else None
         record.duration_seconds = round(time.monotonic() - started, 3)
         verify_directory(partial, record)
         partial.rename(settings.base_dir / backup_id)
@@ -84,7 +126,8 @@ def _take_locked(
         raise
     catalog.save(settings.base_dir, record)
     log.info(
-        "base backup %s: %.1f MB in %.1f s, needs WAL %s to %s",
+        "%s base backup %s: %.1f MB in %.1f s, needs WAL %s to %s",
+        record.kind,
         record.id,
         record.size_bytes / 1e6,
         record.duration_seconds,
@@ -95,13 +138,21 @@ def _take_locked(
 
 
 def _basebackup(
-    url: str, target: Path, label: str, progress: ProgressFn, stop: threading.Event | None
+    url: str,
+    target: Path,
+    label: str,
+    progress: ProgressFn,
+    stop: threading.Event | None,
+    parent_manifest: Path | None,
 ) -> None:
-    # -X stream puts the WAL the copy needs inside it: every backup restores on its own,
-    # with or without the archive. -c fast: no waiting for the next scheduled checkpoint.
+    # -X stream puts the WAL the copy needs inside it: a full backup restores on its own (an
+    # increment with its chain), with or without the archive. -c fast: no waiting for the
+    # next scheduled checkpoint.
+    incremental = ["--incremental", str(parent_manifest)] if parent_manifest else []
     process = subprocess.Popen(
         [
             tool("pg_basebackup"),
+            *incremental,
             "-d",
             url,
             "-D",

@@ -77,7 +77,13 @@ class BackupRecord:
     # False when the server's major version differs from the tools' (pg_waldump reads only
     # its own), so the WAL inside the backup was checked for presence, not parsed.
     wal_parsed: bool = True
+    # The backup this one is an increment on (pg_basebackup --incremental); None: a full one.
+    parent: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return "incremental" if self.parent else "full"
 
     @property
     def end(self) -> datetime:
@@ -114,6 +120,21 @@ def load_all(base_dir: Path) -> list[BackupRecord]:
             continue
         records.append(BackupRecord(**json.loads(path.read_text())))
     return sorted(records, key=lambda r: r.end_time)
+
+
+def chain(records: list[BackupRecord], record: BackupRecord) -> list[BackupRecord]:
+    """The full backup and the increments up to record, oldest first: what a restore of it
+    combines."""
+    by_id = {r.id: r for r in records}
+    links = [record]
+    while links[0].parent is not None:
+        parent = by_id.get(links[0].parent)
+        if parent is None:
+            raise ValueError(
+                f"base backup {links[0].id} builds on {links[0].parent}, which is gone"
+            )
+        links.insert(0, parent)
+    return links
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = BackupSettings()
         if args.command == "backup":
-            return _backup(settings, args.prune)
+            kind = True if args.incremental else (False if args.full else None)
+            return _backup(settings, args.prune, kind)
         if args.command == "restore":
             return _restore(settings, args)
         handler = {"list": _list, "verify": _verify, "prune": _prune, "run": _daemon}
@@ -44,12 +45,14 @@ def human(size: int) -> str:
     return f"{size} B"
 
 
-def _backup(settings: BackupSettings, then_prune: bool) -> int:
+def _backup(settings: BackupSettings, then_prune: bool, incremental: bool | None) -> int:
     url = database_url(settings)
     with bar("base backup") as progress:
-        record = base.take(settings, url, progress=progress)
+        record = base.take(settings, url, progress=progress, incremental=incremental)
+    on = f" on {record.parent}" if record.parent else ""
     print(
-        f"base backup {record.id}: {human(record.size_bytes)} in {record.duration_seconds:.1f} s, "
+        f"{record.kind} base backup {record.id}{on}: {human(record.size_bytes)} in "
+        f"{record.duration_seconds:.1f} s, "
         f"verified; needs WAL {record.start_wal} to {record.end_wal} "
         f"({record.start_lsn} to {record.end_lsn})"
     )
@@ -70,11 +73,12 @@ def _list(settings: BackupSettings, args: argparse.Namespace) -> int:
                 base.verify(settings, record)
             except BackupError:
                 failed = True
-    print(f"{'id':<20} {'ended':<20} {'size':>10}  {'WAL range':<51} status")
+    print(f"{'id':<20} {'kind':<12} {'ended':<20} {'size':>10}  {'WAL range':<51} status")
     for record in records:
         status = "verified" if record.verified else f"CORRUPT: {record.verify_error}"
         print(
-            f"{record.id:<20} {catalog.iso(record.end):<20} {human(record.size_bytes):>10}  "
+            f"{record.id:<20} {record.kind:<12} {catalog.iso(record.end):<20} "
+            f"{human(record.size_bytes):>10}  "
             f"{record.start_wal + ' - ' + record.end_wal:<51} {status}"
         )
     reach = restore.window(settings)

@@ -20,6 +20,14 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         action="store_true",
         help="then prune to BACKUP_RETENTION_DAYS",
     )
+    kind = backup.add_mutually_exclusive_group()
+    kind.add_argument(
+        "--incremental",
+        action="store_true",
+        help="only the blocks changed since the newest verified backup (pg_basebackup "
+        "--incremental; needs summarize_wal=on)",
+    )
+    kind.add_argument("--full", action="store_true", help="a full backup whatever the schedule")
     backups = sub.add_parser("backups", help="list, verify or prune base backups")
     actions = backups.add_subparsers(dest="action", required=True)
     listing = actions.add_parser("list", help="each base backup and the window a restore can reach")

@@ -37,7 +37,22 @@ def plan(records: list[BackupRecord], window_start: datetime) -> list[BackupReco
         anchor = verified[0]
     else:
         return []  # nothing verified: deleting anything could leave no restorable backup
-    return [r for r in records if r.end < anchor.end]
+    doomed = {r.id: r for r in records if r.end < anchor.end}
+    # A kept increment needs the backups it builds on.
+    for record in records:
+        if record.id in doomed:
+            continue
+        for link in catalog.chain(records, record) if _complete(records, record) else []:
+            doomed.pop(link.id, None)
+    return [r for r in records if r.id in doomed]
+
+
+def _complete(records: list[BackupRecord], record: BackupRecord) -> bool:
+    try:
+        catalog.chain(records, record)
+    except ValueError:
+        return False
+    return True
 
 
 def prune(settings: BackupSettings, *, now: datetime | None = None) -> PruneResult:

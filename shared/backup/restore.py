@@ -18,7 +18,7 @@ from shared.backup.catalog import Archive, BackupRecord
 from shared.backup.progress import ProgressFn, quiet
 from shared.backup.settings import BackupSettings
 from shared.backup.source import running_port
-from shared.backup.tools import BackupError, check_directory, no_space, server_user
+from shared.backup.tools import BackupError, check_directory, no_space, run, server_user, tool
 from shared.embedded.postgres import EmbeddedPostgres, EmbeddedPostgresError
 
 log = logging.getLogger(__name__)
@@ -133,9 +133,17 @@ def restore(
             f"the WAL archive misses segment {missing}: the latest point is not reachable; "
             "restore with --to a time before that segment was written"
         )
-    verify(settings, base)  # raises, naming the file, when the copy no longer matches
     try:
-        _copy_base(catalog.backup_path(settings.base_dir, base.id), target, progress)
+        links = catalog.chain(catalog.load_all(settings.base_dir), base)
+    except ValueError as exc:
+        raise BackupError(str(exc)) from None
+    for link in links:
+        verify(settings, link)  # raises, naming the file, when a copy no longer matches
+    try:
+        if len(links) == 1:
+            _copy_base(catalog.backup_path(settings.base_dir, base.id), target, progress)
+        else:
+            _combine(settings, links, target)
         _stage_partial(archive, target, end_segment)
         _configure(target, settings.wal_dir.resolve(), to)
         _hand_to_server_user(target, settings.wal_dir.resolve())
@@ -178,6 +186,26 @@ def _copy_base(source: Path, target: Path, progress: ProgressFn) -> None:
         shutil.copy2(path, target / path.relative_to(source))
         done += path.stat().st_size
         progress(done, total)
+
+
+def _combine(settings: BackupSettings, links: list[BackupRecord], target: Path) -> None:
+    """pg_combinebackup: the full backup with each increment applied, as one data directory."""
+    total = sum(link.size_bytes for link in links)
+    free = shutil.disk_usage(_existing_parent(target)).free
+    if free < total:
+        raise BackupError(
+            f"no space left for the restore in {target}: it may need {total / 1e6:.0f} MB, "
+            f"{free / 1e6:.0f} MB are free"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        target.rmdir()  # empty (checked): pg_combinebackup creates it
+    directories = [str(catalog.backup_path(settings.base_dir, link.id)) for link in links]
+    run([tool("pg_combinebackup"), *directories, "-o", str(target)], timeout=3600)
+    for path in list(target.iterdir()):
+        if _SKIP.match(path.name) and path.is_file():
+            path.unlink()
+    target.chmod(0o700)
 
 
 def _existing_parent(path: Path) -> Path:

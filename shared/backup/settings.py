@@ -21,6 +21,9 @@ class BackupSettings(_Base):
     backup_retention_days: float = Field(default=30.0, gt=0)
     # 'stylebase up' takes a base backup when the newest is older than this.
     backup_interval_hours: float = Field(default=24.0, gt=0)
+    # Scheduled backups are incremental (only the blocks changed since the previous one) until
+    # the newest full one is this old; 0: always full.
+    backup_full_interval_days: float = Field(default=7.0, ge=0)
     # The archiver's lag and the backups' age, for Prometheus; 0 turns it off.
     backup_metrics_port: int = Field(default=9106, ge=0, le=65535)
     # Where that endpoint listens: 0.0.0.0 in a container.
@@ -60,6 +63,10 @@ class BackupSettings(_Base):
     @property
     def interval_seconds(self) -> float:
         return self.backup_interval_hours * 3600.0
+
+    @property
+    def full_interval_seconds(self) -> float:
+        return self.backup_full_interval_days * SECONDS_PER_DAY
 
     @property
     def embedded_pgdata(self) -> Path:
