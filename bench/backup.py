@@ -75,9 +75,9 @@ def measure(name: str, server: EmbeddedPostgres, workdir: Path, saves: int) -> N
     )
     size = server.psql("SELECT pg_database_size('stylebase')", DATABASE).strip()
     print(f"  database size: {mb(int(size))}", flush=True)
-    record = base.take(settings, server.url)
+    record = base.take(settings, server.url, incremental=False)
     print(
-        f"  base backup: {mb(record.size_bytes)} in {record.duration_seconds:.1f} s "
+        f"  full base backup: {mb(record.size_bytes)} in {record.duration_seconds:.1f} s "
         f"(pg_basebackup and pg_verifybackup)",
         flush=True,
     )
@@ -98,7 +98,7 @@ def measure(name: str, server: EmbeddedPostgres, workdir: Path, saves: int) -> N
             archiver.wait_archived(120)
         finally:
             archiver.stop()
-        archived = sum(p.stat().st_size for p in settings.wal_dir.iterdir())
+        archived = sum(p.stat().st_size for p in settings.wal_dir.iterdir() if p.is_file())
         print(
             f"  {saves:,} profile saves (one transaction each, archiver on): {elapsed:.1f} s; "
             f"WAL written {mb(written)} ({written / saves / 1000:.1f} kB a save); "
@@ -108,7 +108,21 @@ def measure(name: str, server: EmbeddedPostgres, workdir: Path, saves: int) -> N
         target = workdir / f"restored-{name}-latest" / "postgres"
         result = restore.restore(settings, to=None, target=target)
         print(
-            f"  restore --latest (base + replay of the saves' WAL): "
+            f"  restore --latest (full base + replay of the saves' WAL): "
+            f"{result.duration_seconds:.1f} s",
+            flush=True,
+        )
+        shutil.rmtree(target.parent)
+        increment = base.take(settings, server.url, incremental=True)
+        print(
+            f"  incremental base backup after the saves: {mb(increment.size_bytes)} in "
+            f"{increment.duration_seconds:.1f} s",
+            flush=True,
+        )
+        target = workdir / f"restored-{name}-increment" / "postgres"
+        result = restore.restore(settings, to=None, target=target)
+        print(
+            f"  restore --latest from the increment (pg_combinebackup): "
             f"{result.duration_seconds:.1f} s",
             flush=True,
         )

@@ -44,7 +44,9 @@ def _drain(process: subprocess.Popen[bytes], last_line: list[str]) -> None:
     for raw in process.stderr:
         line = raw.decode(errors="replace").strip()
         if line:
-            log.warning("pg_receivewal: %s", line)
+            # On SIGTERM it reports that the current segment stays .partial: expected.
+            level = logging.INFO if "not renaming" in line else logging.WARNING
+            log.log(level, "pg_receivewal: %s", line)
             last_line[:] = [line]
 
 
