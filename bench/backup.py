@@ -13,7 +13,9 @@ import random
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -31,7 +33,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.backup", description=__doc__)
     parser.add_argument("--profiles", type=int, default=100_000)
     parser.add_argument("--generations", type=int, default=1_000_000)
-    parser.add_argument("--saves", type=int, default=10_000, help="saves whose WAL is measured")
+    parser.add_argument(
+        "--saves", type=int, default=10_000, help="saves (and records) whose WAL is measured"
+    )
     parser.add_argument("--artists", type=int, default=2000, help="artists generations spread over")
     return parser.parse_args(argv)
 
@@ -66,7 +70,35 @@ async def _saves(url: str, count: int) -> int:
     return written
 
 
-def measure(name: str, server: EmbeddedPostgres, workdir: Path, saves: int) -> None:
+async def _records(url: str, count: int) -> int:
+    """count RecordGeneration-like inserts, each its own transaction; the WAL they wrote."""
+    connection = await asyncpg.connect(url)
+    try:
+        artists = [r["id"] for r in await connection.fetch("SELECT id FROM artists LIMIT 500")]
+        before = await connection.fetchval("SELECT pg_current_wal_lsn()::text")
+        for i in range(count):
+            await connection.execute(
+                "INSERT INTO generation_history (id, artist_id, provider_used,"
+                " generation_time_ms, tokens_used, cost_usd, user_params, output_files)"
+                " VALUES (uuidv7(), $1, 'template', $2, 1200, 0.002,"
+                ' \'{"bars": 8, "tempo": 120.0}\'::jsonb, \'["out/pattern.mid"]\'::jsonb)',
+                artists[i % len(artists)],
+                1000 + i % 900,
+            )
+        written: int = await connection.fetchval(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::text::pg_lsn)::bigint", before
+        )
+    finally:
+        await connection.close()
+    return written
+
+
+Writer = Callable[[str, int], Coroutine[Any, Any, int]]
+
+
+def measure(
+    name: str, server: EmbeddedPostgres, workdir: Path, saves: int, writer: Writer, what: str
+) -> None:
     settings = BackupSettings(
         backup_dir=str(workdir / f"backups-{name}"),
         POSTGRES_DATABASE_URL=server.url,
@@ -93,29 +125,28 @@ def measure(name: str, server: EmbeddedPostgres, workdir: Path, saves: int) -> N
         archiver.start()
         try:
             started = time.perf_counter()
-            written = asyncio.run(_saves(server.url, saves))
+            written = asyncio.run(writer(server.url, saves))
             elapsed = time.perf_counter() - started
             archiver.wait_archived(120)
         finally:
             archiver.stop()
         archived = sum(p.stat().st_size for p in settings.wal_dir.iterdir() if p.is_file())
         print(
-            f"  {saves:,} profile saves (one transaction each, archiver on): {elapsed:.1f} s; "
-            f"WAL written {mb(written)} ({written / saves / 1000:.1f} kB a save); "
+            f"  {saves:,} {what} (one transaction each, archiver on): {elapsed:.1f} s; "
+            f"WAL written {mb(written)} ({written / saves / 1000:.1f} kB each); "
             f"archive files {mb(archived)} (whole 16 MB segments)",
             flush=True,
         )
         target = workdir / f"restored-{name}-latest" / "postgres"
         result = restore.restore(settings, to=None, target=target)
         print(
-            f"  restore --latest (full base + replay of the saves' WAL): "
-            f"{result.duration_seconds:.1f} s",
+            f"  restore --latest (full base + replay of that WAL): {result.duration_seconds:.1f} s",
             flush=True,
         )
         shutil.rmtree(target.parent)
         increment = base.take(settings, server.url, incremental=True)
         print(
-            f"  incremental base backup after the saves: {mb(increment.size_bytes)} in "
+            f"  incremental base backup after them: {mb(increment.size_bytes)} in "
             f"{increment.duration_seconds:.1f} s",
             flush=True,
         )
@@ -155,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"  load and index: {time.perf_counter() - started:.1f} s", flush=True)
                 fast.stop()
                 durable.start()
-                measure("profiles", durable, workdir, args.saves)
+                measure("profiles", durable, workdir, args.saves, _saves, "profile saves")
             finally:
                 durable.stop()
                 fast.stop()
@@ -176,7 +207,9 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"  load: {time.perf_counter() - started:.1f} s", flush=True)
                 fast.stop()
                 durable.start()
-                measure("generations", durable, workdir, 0)
+                measure(
+                    "generations", durable, workdir, args.saves, _records, "generations recorded"
+                )
             finally:
                 durable.stop()
                 fast.stop()
