@@ -3,6 +3,7 @@ mount; skipped otherwise)."""
 
 from __future__ import annotations
 
+import math
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,9 +52,9 @@ def test_a_full_disk_is_named_and_leaves_no_partial_backup(
     assert code == 1
     assert "no space left for a backup" in err and "BACKUP_DIR" in err
 
-    # Enough for the database but not for the WAL segment that travels with it: the copy
-    # itself runs out of space.
-    resize(mount, database * 12 // 10 // 1_000_000 + 2)
+    # Just past the check (the database and a tenth) but short of the 16 MB WAL segment that
+    # travels with the copy: the copy itself runs out of space.
+    resize(mount, math.ceil(database * 1.1 / 1_048_576) + 1)
     code, _, err = run_cli(settings, ["backup"], capsys)
     assert code == 1
     assert "no space left on device" in err, err
