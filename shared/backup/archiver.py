@@ -80,7 +80,7 @@ class Archiver:
         self._thread = threading.Thread(target=self._supervise, name="wal-archiver", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 15.0) -> None:
         self._stop.set()
         with self._lock:
             process = self._process
@@ -143,6 +143,16 @@ class Archiver:
                     self._record_lag()
                 self._stop.wait(0.2)
             if self._stop.is_set():
+                # SIGTERM (stop() may have sent it already, or not seen this process yet); its
+                # last words are logged before stop() returns.
+                if process.poll() is None:
+                    process.terminate()
+                try:
+                    process.wait(10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+                drain.join(2)
                 break
             ARCHIVER_UP.set(0)
             drain.join(2)
