@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: install run test generate check-generated lint format breaking pytest migrate seed-demo \
-	faults bench bench-profile-store bench-similarity bench-analytics bench-cache-gateway bench-http-api clean
+	faults bench bench-profile-store bench-similarity bench-analytics bench-cache-gateway bench-http-api \
+	bench-backup clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -83,6 +84,10 @@ bench-cache-gateway: install
 
 bench-http-api: install
 	$(BIN)/python -m bench.http_api
+
+# Base backup and restore of 100k profiles and 1M generations, WAL per 10,000 saves.
+bench-backup: install
+	$(BIN)/python -m bench.backup $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .gen-check .mypy_cache .ruff_cache .pytest_cache

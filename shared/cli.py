@@ -1,4 +1,4 @@
-"""The stylebase command: up, serve, migrate, downgrade, seed-demo."""
+"""The stylebase command: up, serve, migrate, downgrade, seed-demo, backup, backups, restore."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import cast
 
 from pydantic import ValidationError
 
+from shared.backup import parser as backup_parser
 from shared.logging import configure_logging
 from shared.settings import SERVICES, DatabaseSettings, ServiceName, StackSettings
 
@@ -24,6 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     down = sub.add_parser("downgrade", help="downgrade the database schema")
     down.add_argument("--revision", default="base")
     sub.add_parser("seed-demo", help="load the demo drummers and producers (idempotent)")
+    backup_parser.add_commands(sub)
     return parser
 
 
@@ -41,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
         return run_service(cast(ServiceName, args.service))
     configure_logging("stylebase", "INFO", "text")
     log = logging.getLogger("stylebase")
+    if args.command in backup_parser.COMMANDS:
+        from shared.backup.cli import run
+
+        return run(args)
     try:
         if args.command == "up":
             from shared.stack import StackError, up

@@ -19,6 +19,9 @@ import asyncpg
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from shared.backup.schedule import BackupDaemon
+from shared.backup.settings import BackupSettings
+from shared.backup.source import embedded_url
 from shared.db import migrate
 from shared.embedded.ports import port_in_use
 from shared.embedded.postgres import EmbeddedPostgres, EmbeddedPostgresError
@@ -174,8 +177,9 @@ def up(settings: StackSettings) -> int:
     signals.install()
     children: dict[str, subprocess.Popen[bytes]] = {}
     embedded: list[EmbeddedPostgres] = []
+    backups: list[BackupDaemon] = []
     try:
-        _start(settings, signals, children, embedded)
+        _start(settings, signals, children, embedded, backups)
         while not signals.requested:
             for name, process in children.items():
                 if process.poll() is not None:
@@ -197,6 +201,8 @@ def up(settings: StackSettings) -> int:
         api = {name: p for name, p in children.items() if name == "http_api"}
         _stop_children(api, settings.grpc_grace_seconds)
         _stop_children(children, settings.grpc_grace_seconds)
+        for daemon in backups:
+            daemon.stop()  # before the server: pg_receivewal flushes what it has and exits
         for server in embedded:
             server.stop()
 
@@ -206,8 +212,9 @@ def _start(
     signals: Signals,
     children: dict[str, subprocess.Popen[bytes]],
     embedded: list[EmbeddedPostgres],
+    backups: list[BackupDaemon],
 ) -> None:
-    """Each step leaves what it made in children or embedded, for up() to stop."""
+    """Each step leaves what it made in children, embedded or backups, for up() to stop."""
     if settings.database_url is None:
         pgdata = Path(settings.stylebase_data_dir) / "postgres"
         server = EmbeddedPostgres(pgdata, settings.embedded_postgres_port)
@@ -227,6 +234,8 @@ def _start(
     signals.check()
     migrate.upgrade(database_url)
     signals.check()
+    if embedded:
+        backups.append(_start_backups(settings, embedded[0]))
     _after_migrate(database_url, settings)
     env = _child_env(settings, database_url)
     for service in SERVICES:
@@ -241,6 +250,21 @@ def _start(
         url = f"http://127.0.0.1:{settings.http_api_port}"
         _wait_ready(url, children["http_api"], 60, signals)
     _print_banner(settings, database_url, bool(embedded))
+
+
+def _start_backups(settings: StackSettings, server: EmbeddedPostgres) -> BackupDaemon:
+    """WAL archiving (BACKUP_WAL_ARCHIVE) and the base backup schedule of the embedded server,
+    in background threads: the services start meanwhile."""
+    backup_settings = BackupSettings(stylebase_data_dir=settings.stylebase_data_dir)
+    daemon = BackupDaemon(backup_settings, embedded_url(server.port))
+    daemon.start()
+    log.info(
+        "backups in %s (WAL archiving %s, a base backup every %g h)",
+        backup_settings.root,
+        "on" if backup_settings.backup_wal_archive else "off",
+        backup_settings.backup_interval_hours,
+    )
+    return daemon
 
 
 def _after_migrate(database_url: str, settings: StackSettings) -> None:

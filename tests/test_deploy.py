@@ -149,6 +149,17 @@ def test_compose_datastores_are_configured_as_required(compose: dict[str, Any]) 
     assert "REDIS_PASSWORD" in services["redis"]["healthcheck"]["test"][1]
 
 
+def test_compose_backs_up_onto_a_volume_of_its_own(compose: dict[str, Any]) -> None:
+    backup = compose["services"]["backup"]
+    assert backup["command"] == ["backups", "run"]
+    assert backup["volumes"] == ["backup-data:/backups"]
+    assert backup["environment"]["BACKUP_DIR"] == "/backups"
+    assert "backup-data" in compose["volumes"]
+    postgres_volumes = compose["services"]["postgres"]["volumes"]
+    script = next(v.split(":")[0] for v in postgres_volumes if "initdb" in v)
+    assert "replication" in (ROOT / script).read_text()
+
+
 def test_compose_requires_its_secrets_instead_of_defaulting_them(compose_text: str) -> None:
     for secret in ("POSTGRES_PASSWORD", "REDIS_PASSWORD"):
         uses = re.findall(r"\$\{" + secret + r"([^}]*)\}", compose_text)
@@ -372,6 +383,30 @@ def test_base_sets_every_variable_the_service_reads(service: str) -> None:
     for target in SERVICES:
         expected = f"{dash(target)}:{DEFAULT_PORTS[target]}"
         assert environment[f"{target.upper()}_TARGET"] == expected
+
+
+def test_base_backs_up_daily_onto_its_own_volume() -> None:
+    documents = base_documents()
+    cron = find(documents, "CronJob", "stylebase-backup")["spec"]
+    assert cron["concurrencyPolicy"] == "Forbid"
+    pod = cron["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    (container,) = pod["containers"]
+    assert container["args"] == ["backup", "--prune"]
+    claims = [
+        v["persistentVolumeClaim"]["claimName"]
+        for v in pod["volumes"]
+        if "persistentVolumeClaim" in v
+    ]
+    assert claims == ["stylebase-backups"]
+    find(documents, "PersistentVolumeClaim", "stylebase-backups")
+
+
+@needs_kubectl
+def test_production_overlay_leaves_backups_to_the_managed_database() -> None:
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in rendered("overlays/production")}
+    assert ("CronJob", "stylebase-backup") not in kinds
+    assert ("PersistentVolumeClaim", "stylebase-backups") not in kinds
 
 
 @needs_kubectl

@@ -3,6 +3,7 @@ API, the real grpcurl and a real HTTP client."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -157,6 +158,18 @@ def test_grpcurl_lists_describes_and_checks_health(stack: Up, service: str) -> N
 
 def test_each_service_is_its_own_process(stack: Up) -> None:
     assert len(_children(stack.process)) == len(SERVICES) + 1  # and the HTTP API
+
+
+def test_up_archives_wal_and_takes_a_base_backup(stack: Up) -> None:
+    backups = stack.data_dir / "backups"
+    deadline = time.monotonic() + 60
+    while not list((backups / "base").glob("*.json")) or not list(
+        (backups / "wal").glob("*.partial")
+    ):
+        assert time.monotonic() < deadline, "no base backup or WAL archive within 60 s"
+        time.sleep(0.2)
+    (record,) = (backups / "base").glob("*.json")
+    assert json.loads(record.read_text())["verified"] is True
 
 
 def test_ctrl_c_stops_everything(stack: Up) -> None:

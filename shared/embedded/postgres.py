@@ -134,6 +134,9 @@ class EmbeddedPostgres:
                 as_server_user=True,
             )
         options = f"-h 127.0.0.1 -p {self.port} -k {self.pgdata} -c max_connections=300"
+        # WAL summaries let pg_basebackup --incremental copy only the blocks changed since
+        # the previous backup (shared.backup).
+        options += " -c summarize_wal=on"
         if not self.durable:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run(
