@@ -151,6 +151,9 @@ def install(app: Any, retry_after: int) -> None:
     async def on_http_error(request: Request, exc: Exception) -> Response:
         # Starlette's own: no route for the path (404) or the method (405).
         assert isinstance(exc, StarletteHTTPException)
+        if isinstance(exc.__cause__, ApiError):
+            # Raised while FastAPI read the body (its size limit), which wraps it in a 400.
+            return error_response(exc.__cause__, retry_after)
         error = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
         message = f"no endpoint {request.method} {request.url.path}"
         if exc.status_code not in (404, 405):

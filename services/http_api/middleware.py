@@ -88,7 +88,7 @@ class RequestContext:
                 return
             deadline_token = deadline_var.set(time.monotonic() + timeout)
             try:
-                await self._traced(scope, headers, receive, send_with_id)
+                await self._traced(scope, headers, self._bounded(receive), send_with_id)
             except Exception:
                 # A bug: logged with its traceback under the request id, never sent.
                 log.exception("%s %s failed unexpectedly", scope["method"], scope["path"])
@@ -123,14 +123,30 @@ class RequestContext:
             return self.default_timeout
         return parse_timeout(value, self.max_timeout)
 
+    def _bounded(self, receive: Receive) -> Receive:
+        """The body as it arrives, refused once past the limit: a chunked body has no
+        Content-Length to check up front."""
+        seen = 0
+
+        async def bounded() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body_bytes:
+                    raise _too_large(f"more than {self.max_body_bytes} bytes", self.max_body_bytes)
+            return message
+
+        return bounded
+
     def _check_size(self, headers: dict[str, str]) -> None:
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.max_body_bytes:
-            raise ApiError(
-                413,
-                "payload_too_large",
-                f"the body is {int(length)} bytes; at most {self.max_body_bytes} are accepted",
-            )
+            raise _too_large(f"{int(length)} bytes", self.max_body_bytes)
+
+
+def _too_large(size: str, limit: int) -> ApiError:
+    return ApiError(413, "payload_too_large", f"the body is {size}; at most {limit} are accepted")
 
 
 @functools.cache

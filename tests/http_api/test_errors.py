@@ -6,7 +6,7 @@ import json
 import re
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import grpc
 import httpx
@@ -208,6 +208,20 @@ def test_malformed_bodies_are_400(client: httpx.Client, raw: bytes, field: str |
 
 def test_an_oversized_body_is_413_before_it_is_read(client: httpx.Client) -> None:
     reply = client.post("/api/v1/generations", json={**GOOD_BODY, "pad": "x" * 3_000_000})
+    assert_error(reply, 413, "payload_too_large")
+
+
+def test_an_oversized_chunked_body_is_413_too(client: httpx.Client) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"pad": "'
+        for _ in range(40):
+            yield b"x" * 100_000
+        yield b'"}'
+
+    reply = client.post(
+        "/api/v1/generations", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert "content-length" not in reply.request.headers
     assert_error(reply, 413, "payload_too_large")
 
 
