@@ -11,8 +11,8 @@ import logging
 import time
 from typing import Any
 
-from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind
+from opentelemetry import context as otel_context
+from opentelemetry import propagate
 from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -28,7 +28,6 @@ HTTP_DURATION = Histogram(
     ["method", "route"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
-tracer = trace.get_tracer("stylebase.http_api")
 log = logging.getLogger(__name__)
 
 
@@ -106,16 +105,17 @@ class RequestContext:
     async def _traced(
         self, scope: Scope, headers: dict[str, str], receive: Receive, send: Send
     ) -> None:
-        if not self.traced and "traceparent" not in headers:
+        # With tracing on, FastAPI's own instrumentation makes the SERVER span (joined to the
+        # caller's traceparent, named by route) and the channels' interceptors its children.
+        # Off, the caller's trace context is still made current, so the calls pass it on.
+        if self.traced or "traceparent" not in headers:
             await self.app(scope, receive, send)
             return
-        with tracer.start_as_current_span(
-            f"{scope['method']} {scope['path']}",
-            context=propagate.extract(headers),
-            kind=SpanKind.SERVER,
-            attributes={"http.request.method": scope["method"], "url.path": scope["path"]},
-        ):
+        token = otel_context.attach(propagate.extract(headers))
+        try:
             await self.app(scope, receive, send)
+        finally:
+            otel_context.detach(token)
 
     def _timeout(self, headers: dict[str, str]) -> float:
         value = headers.get(TIMEOUT_HEADER)

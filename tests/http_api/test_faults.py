@@ -173,14 +173,20 @@ def test_no_acknowledged_generation_is_lost_when_analytics_dies(
     assert acknowledged <= stored, "every 201 is stored"
 
 
-def test_the_request_id_reaches_the_services_logs(
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def test_the_request_id_and_trace_reach_the_services_logs(
     faulty: tuple[Stack, FaultProxy], logs: Path
 ) -> None:
     running, _ = faulty
     reply = httpx.post(
         f"{running.api.base_url}/api/v1/generations",
         json={**BODY, "artist_name": "Nobody At All"},
-        headers={"X-Request-Id": "follow-me-7f3a"},
+        headers={
+            "X-Request-Id": "follow-me-7f3a",
+            "traceparent": f"00-{TRACE_ID}-00f067aa0ba902b7-01",
+        },
         timeout=10,
     )
     assert reply.status_code == 404
@@ -189,4 +195,34 @@ def test_the_request_id_reaches_the_services_logs(
         for line in (logs / "analytics.log").read_text().splitlines()
         if line.startswith("{")
     ]
-    assert any(line.get("request_id") == "follow-me-7f3a" for line in lines)
+    mine = [line for line in lines if line.get("request_id") == "follow-me-7f3a"]
+    assert mine, "the request id reached analytics"
+    assert all(line.get("trace_id") == TRACE_ID for line in mine), mine
+
+
+def test_with_tracing_on_each_request_is_one_trace_across_the_hop(
+    faulty: tuple[Stack, FaultProxy], logs: Path
+) -> None:
+    running, _ = faulty
+    spans_file = logs / "spans.jsonl"
+    upstream = {f"{n.upper()}_TARGET": s.target for n, s in running.services.items()}
+    traced = ApiProcess(
+        {
+            **running.api.env,
+            **upstream,
+            "OTEL_TRACES_EXPORTER": "file",
+            "STYLEBASE_TRACES_FILE": str(spans_file),
+        },
+        log_path=logs / "http_api_traced.log",
+    ).start()
+    try:
+        reply = httpx.get(f"{traced.base_url}/api/v1/stats", timeout=10)
+        assert reply.status_code == 200
+    finally:
+        traced.stop()
+    spans = [json.loads(line) for line in spans_file.read_text().splitlines()]
+    server = [s for s in spans if s["name"] == "GET /api/v1/stats"]
+    client = [s for s in spans if s["name"].endswith("AnalyticsService/GetStats")]
+    assert len(server) == 1 and len(client) == 1, [s["name"] for s in spans]
+    assert server[0]["kind"] == "SERVER" and server[0]["parent_span_id"] is None
+    assert client[0]["trace_id"] == server[0]["trace_id"]
