@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -72,11 +73,20 @@ def span_record(span: ReadableSpan) -> dict[str, Any]:
     }
 
 
+def forget_empty_otel_variables() -> None:
+    """Drop OTEL_* variables set to nothing: compose files and ConfigMaps list every variable,
+    and the SDK reads an empty OTEL_EXPORTER_OTLP_ENDPOINT as the endpoint '' (no export at
+    all: "the target uri is not valid") instead of as unset."""
+    for name in [k for k, v in os.environ.items() if k.startswith("OTEL_") and not v.strip()]:
+        del os.environ[name]
+
+
 def configure_tracing(service: str, settings: ObservabilitySettings) -> TracerProvider | None:
     """Install the process's tracer provider; None (no spans recorded) when no exporter is set."""
     exporters = settings.trace_exporters()
     if not exporters:
         return None
+    forget_empty_otel_variables()
     provider = TracerProvider(
         resource=Resource.create({"service.name": settings.otel_service_name or service})
     )
