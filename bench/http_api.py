@@ -17,7 +17,6 @@ import asyncio
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from urllib.parse import quote
@@ -28,7 +27,7 @@ import numpy as np
 
 from bench.similarity.__main__ import build_index
 from bench.similarity.data import clustered_unit_vectors, load_with_copy, name_of
-from bench.similarity.measure import K, Latencies, grpc_latencies, summarise
+from bench.similarity.measure import K, Latencies, grpc_latencies, timed_calls
 from shared.db import migrate
 from shared.embedded.postgres import DATABASE, EmbeddedPostgres
 from tests.harness import ServiceProcess, service_env
@@ -44,28 +43,13 @@ def similar_path(i: int) -> str:
 async def _measure(
     get: Get, queries: np.ndarray, in_flight: int, path_of: Callable[[int], str]
 ) -> Latencies:
-    """As grpc_latencies: in_flight workers, each sending its share back to back."""
-    samples: list[float] = []
-
     async def call(i: int) -> None:
         path = path_of(i)
-        started = time.perf_counter()
         status = await get(path)
-        samples.append(time.perf_counter() - started)
         if status != 200:
             raise RuntimeError(f"{path}: {status}")
 
-    for i in queries[:50]:  # warm the connections, the channel and the plan cache
-        await call(int(i))
-    samples.clear()
-
-    async def worker(share: np.ndarray) -> None:
-        for i in share:
-            await call(int(i))
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker(s) for s in np.array_split(queries, in_flight)))
-    return summarise(samples, in_flight, time.perf_counter() - started)
+    return await timed_calls(call, queries, in_flight)
 
 
 async def aiohttp_latencies(
@@ -129,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in GRPC_SERVICES:
                 services[name] = ServiceProcess(name, {**env, **targets(services)}).start()
                 processes.append(services[name])
-            api = ApiProcess({**env, **targets(services)}).start()
+            api = ApiProcess(env={**env, **targets(services)}).start()
             processes.append(api)
             similarity = services["similarity"].target
             queries = np.random.default_rng(7).choice(args.artists, args.queries)

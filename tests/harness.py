@@ -9,6 +9,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -56,7 +57,7 @@ class ServiceProcess:
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30.0) -> ServiceProcess:
+    def start(self, timeout: float = 30.0) -> Self:
         env = {**os.environ, **self.env, f"{self.service.upper()}_PORT": str(self.port)}
         env.setdefault("LOG_LEVEL", "WARNING")
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
@@ -67,17 +68,24 @@ class ServiceProcess:
             stdout=out,
             stderr=out,
         )
-        wait_serving(self.target, timeout=timeout, process=self.process)
+        self.wait_ready(timeout)
         return self
 
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
+    def wait_ready(self, timeout: float) -> None:
+        wait_serving(self.target, timeout=timeout, process=self.process)
+
+    def stop(self) -> int | None:
+        """SIGTERM, then SIGKILL after 15 s; the exit code (None if never started)."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
             self.process.terminate()
             try:
                 self.process.wait(15)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        return self.process.returncode
 
 
 def service_env(database_url: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import grpc
@@ -37,32 +38,42 @@ def summarise(samples_s: list[float], in_flight: int, elapsed_s: float) -> Laten
     return Latencies(in_flight, p50, p95, p99, len(samples_s) / elapsed_s)
 
 
+async def timed_calls(
+    call: Callable[[int], Awaitable[None]], queries: np.ndarray, in_flight: int
+) -> Latencies:
+    """Each of in_flight workers sends its share of the queries back to back, after 50
+    untimed calls that warm the pool, the plan cache and the index pages."""
+    samples: list[float] = []
+
+    async def timed(i: int) -> None:
+        started = time.perf_counter()
+        await call(i)
+        samples.append(time.perf_counter() - started)
+
+    for i in queries[:50]:
+        await call(int(i))
+
+    async def worker(share: np.ndarray) -> None:
+        for i in share:
+            await timed(int(i))
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(s) for s in np.array_split(queries, in_flight)))
+    return summarise(samples, in_flight, time.perf_counter() - started)
+
+
 async def grpc_latencies(
     target: str, queries: np.ndarray, *, in_flight: int, ef_search: int = 0
 ) -> Latencies:
-    """Each of in_flight workers sends its share of the queries back to back."""
     async with grpc.aio.insecure_channel(target) as channel:
         stub = pb_grpc.SimilarityServiceStub(channel)
         options = pb.SearchOptions(ef_search=ef_search)
-        samples: list[float] = []
 
         async def call(i: int) -> None:
             request = pb.FindSimilarArtistsRequest(artist_name=name_of(i), limit=K, options=options)
-            started = time.perf_counter()
             await stub.FindSimilarArtists(request, timeout=30)
-            samples.append(time.perf_counter() - started)
 
-        for i in queries[:50]:  # warm the pool, the plan cache and the index pages
-            await call(int(i))
-        samples.clear()
-
-        async def worker(share: np.ndarray) -> None:
-            for i in share:
-                await call(int(i))
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(s) for s in np.array_split(queries, in_flight)))
-        return summarise(samples, in_flight, time.perf_counter() - started)
+        return await timed_calls(call, queries, in_flight)
 
 
 def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int = K) -> list[set[int]]:

@@ -61,16 +61,10 @@ def history_entry(g: analytics_pb.Generation) -> dict[str, Any]:
 
 def generation(g: analytics_pb.Generation) -> dict[str, Any]:
     return {
-        "id": g.id,
+        **history_entry(g),
         "artist_id": g.artist_id,
         "artist_name": g.artist_name,
-        "provider_used": g.provider_used,
-        "generation_time_ms": g.generation_time_ms,
-        "tokens_used": g.tokens_used,
-        "cost_usd": g.cost_usd,
-        "user_params": user_params(g),
         "output_files": list(g.output_files),
-        "created_at": timestamp(g.created_at),
     }
 
 

@@ -76,7 +76,7 @@ def api_env(api_database: str, redis_server: RedisServer) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def stack(api_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     logs: Path = tmp_path_factory.mktemp("http_api_logs")
-    running = Stack(start_services(api_env, logs), ApiProcess({}))
+    running = Stack(start_services(api_env, logs), ApiProcess(env={}))
     try:
         services = running.services
         asyncio.run(_seed(services["profile_store"].target, services["analytics"].target))

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -12,9 +10,8 @@ from pathlib import Path
 
 import httpx
 
-from shared.embedded.ports import free_port
 from tests.faults.proxy import FaultProxy
-from tests.harness import ROOT, ServiceProcess
+from tests.harness import ServiceProcess
 
 GRPC_SERVICES = ("profile_store", "similarity", "analytics", "cache_gateway")
 
@@ -34,38 +31,19 @@ def wait_ready(base_url: str, process: subprocess.Popen[bytes], timeout: float =
 
 
 @dataclass
-class ApiProcess:
-    env: dict[str, str]
-    port: int = field(default_factory=free_port)
-    log_path: Path | None = None
-    process: subprocess.Popen[bytes] | None = None
+class ApiProcess(ServiceProcess):
+    """http_api run as its own process; ready when /readyz answers 200."""
+
+    service: str = "http_api"
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, *, wait: bool = True) -> ApiProcess:
-        env = {**os.environ, **self.env, "HTTP_API_PORT": str(self.port)}
-        env.setdefault("LOG_LEVEL", "WARNING")
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "services.http_api"], env=env, cwd=ROOT, stdout=out, stderr=out
-        )
-        if wait:
-            wait_ready(self.base_url, self.process)
-        return self
-
-    def stop(self) -> int | None:
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+    def wait_ready(self, timeout: float) -> None:
+        assert self.process is not None
+        wait_ready(self.base_url, self.process, timeout)
 
 
 @dataclass
@@ -103,4 +81,4 @@ def start_services(env: dict[str, str], logs: Path) -> dict[str, ServiceProcess]
 
 
 def start_api(env: dict[str, str], upstream: dict[str, str], logs: Path) -> ApiProcess:
-    return ApiProcess({**env, **upstream}, log_path=logs / "http_api.log").start()
+    return ApiProcess(env={**env, **upstream}, log_path=logs / "http_api.log").start()
