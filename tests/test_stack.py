@@ -154,6 +154,8 @@ def test_grpcurl_lists_describes_and_checks_health(stack: Up, service: str) -> N
         "-d", f'{{"service": "{FULL_NAMES[service]}"}}', target, "grpc.health.v1.Health/Check"
     )
     assert '"status": "SERVING"' in health
+    listed_health = json.loads(_grpcurl(target, "grpc.health.v1.Health/List"))["statuses"]
+    assert listed_health[FULL_NAMES[service]] == {"status": "SERVING"}
 
 
 def test_each_service_is_its_own_process(stack: Up) -> None:

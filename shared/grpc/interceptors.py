@@ -30,12 +30,18 @@ class ErrorInterceptor(UnaryServerInterceptor):
 
     Domain errors keep their code, message and details; an RPC whose issue is
     still open answers UNIMPLEMENTED; anything else is INTERNAL, logged with its
-    traceback and never sent to the client.
+    traceback and never sent to the client. Every answer, error or not, carries the
+    request id in its trailers, the one to look up in the server log.
     """
 
     def wrap(self, inner: UnaryHandler, method: str) -> UnaryHandler:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            token = request_id_var.set(_incoming_request_id(context))
+            request_id = _incoming_request_id(context)
+            token = request_id_var.set(request_id)
+            # Trailers go out with the status in the same frame; initial metadata sent
+            # now would cost a write of its own on every call.
+            echo = ((REQUEST_ID_KEY, request_id),)
+            context.set_trailing_metadata(echo)
             try:
                 return await inner(request, context)
             except StylebaseError as error:
@@ -46,10 +52,11 @@ class ErrorInterceptor(UnaryServerInterceptor):
                     error.message,
                     extra={"grpc_method": method, "grpc_code": error.code.name},
                 )
-                await context.abort_with_status(to_grpc_status(error))  # type: ignore[attr-defined]
+                status = to_grpc_status(error)
+                await context.abort(status.code, status.details, (*status.trailing_metadata, *echo))
             except NotImplementedError:
                 await context.abort(
-                    grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented yet"
+                    grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented yet", echo
                 )
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise
@@ -57,7 +64,8 @@ class ErrorInterceptor(UnaryServerInterceptor):
                 log.exception("%s failed unexpectedly", method, extra={"grpc_method": method})
                 await context.abort(
                     grpc.StatusCode.INTERNAL,
-                    f"internal error; see the server log for request id {request_id_var.get()}",
+                    f"internal error; see the server log for request id {request_id}",
+                    echo,
                 )
             finally:
                 request_id_var.reset(token)

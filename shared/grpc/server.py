@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 
 from shared.grpc.base import Registrar, UnaryServerInterceptor
 from shared.grpc.interceptors import ErrorInterceptor
+from shared.grpc.introspection import HEALTH_SERVICE, Health, enable_reflection
 from shared.grpc.readiness import NOT_SERVING as NOT_SERVING  # re-exported for the services
 from shared.grpc.readiness import SERVING as SERVING
 from shared.grpc.readiness import Readiness, ReadinessGate
@@ -110,18 +110,10 @@ def create_server(address: str, definition: ServiceDefinition) -> tuple[grpc.aio
     registrar = Registrar(server, interceptors)
     definition.register(registrar)
     admin_grpc.add_AdminServiceServicer_to_server(AdminServicer(), registrar)  # type: ignore[arg-type]
-    health = HealthServicer()
+    health = Health()
     definition.health = health
     health_pb2_grpc.add_HealthServicer_to_server(health, registrar)
-    reflection.enable_server_reflection(
-        [
-            *definition.full_names,
-            ADMIN_SERVICE,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ],
-        server,
-    )
+    enable_reflection([*definition.full_names, ADMIN_SERVICE, HEALTH_SERVICE], server)
     try:
         port = server.add_insecure_port(address)
     except RuntimeError as exc:
