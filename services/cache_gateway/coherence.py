@@ -204,6 +204,10 @@ class RedisLink:
         self.up = True
         await warn_if_markers_evictable(self.tier.client)
         await self._heartbeat()
+        if not self.up:
+            # fail() ran meanwhile (a request's Redis call, or the heartbeat): reported as
+            # connected, health would say SERVING while this gateway serves degraded.
+            raise RedisConnectionError("Redis failed again while connecting")
         log.info("Redis reachable: subscribed and registered as %s", self.member)
 
     async def _stop_listener(self) -> None:
