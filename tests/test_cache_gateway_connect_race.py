@@ -4,7 +4,7 @@ reports when a cluster node drops it mid-restart)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -19,17 +19,9 @@ from services.cache_gateway.stats import Stats
 from shared.embedded.redis import RedisServer
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    started = RedisServer(tmp_path_factory.mktemp("redis-connect-race"))
-    started.start()
-    yield started
-    started.stop()
-
-
 @pytest.fixture
-async def link(server: RedisServer) -> AsyncIterator[tuple[RedisLink, list[bool]]]:
-    settings = Settings(redis_url=server.url, redis_key_prefix="test:race")
+async def link(redis_server: RedisServer) -> AsyncIterator[tuple[RedisLink, list[bool]]]:
+    settings = Settings(redis_url=redis_server.url, redis_key_prefix="test:race")
     tier = RedisTier(settings)
     states: list[bool] = []
 
