@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -167,19 +168,29 @@ def test_compose_requires_its_secrets_instead_of_defaulting_them(compose_text: s
         assert all(use.startswith(":?") and len(use) > 2 for use in uses), (secret, uses)
 
 
-def test_prometheus_scrapes_all_four_services(compose: dict[str, Any]) -> None:
+def test_prometheus_scrapes_every_service_and_the_backup_process(
+    compose: dict[str, Any],
+) -> None:
     volumes = compose["services"]["prometheus"]["volumes"]
     mounted = next(v.split(":")[0] for v in volumes if v.endswith("prometheus.yml:ro"))
     config = yaml.safe_load((ROOT / mounted).read_text())
     targets = {
-        target
+        job["job_name"]: {
+            (target, group["labels"]["service"])
+            for group in job["static_configs"]
+            for target in group["targets"]
+        }
         for job in config["scrape_configs"]
-        for group in job["static_configs"]
-        for target in group["targets"]
     }
-    assert targets == {f"{s}:{DEFAULT_METRICS_PORTS[s]}" for s in SERVICES} | {
-        f"http_api:{DEFAULT_HTTP_API_PORT}"
+    assert targets["stylebase"] == {(f"{s}:{DEFAULT_METRICS_PORTS[s]}", s) for s in SERVICES} | {
+        (f"http_api:{DEFAULT_HTTP_API_PORT}", "http_api")
     }
+    backup_port = compose["services"]["backup"]["environment"]["BACKUP_METRICS_PORT"]
+    assert targets["stylebase-backup"] == {(f"backup:{backup_port}", "backup")}
+    assert compose["services"]["backup"]["environment"]["BACKUP_METRICS_HOST"] == "0.0.0.0"
+    # The rules file sits beside the config, where rule_files looks for it.
+    (rules,) = config["rule_files"]
+    assert f"./deploy/prometheus/{rules}:/etc/prometheus/{rules}:ro" in volumes
 
 
 def test_compose_runs_the_http_api_with_an_http_health_check(compose: dict[str, Any]) -> None:
@@ -425,3 +436,159 @@ def test_production_overlay_points_at_managed_datastores() -> None:
         for c in d["spec"]["template"]["spec"]["containers"]
     }
     assert len(images) == 1 and not images.pop().endswith(":latest")
+
+
+# ---------------------------------------------------------------- monitoring on Kubernetes
+
+OPERATOR = KUSTOMIZE / "components" / "prometheus-operator"
+SCRAPED = {dash(s): s for s in EVERY_SERVICE}
+
+
+def with_operator_component(tmp_path: Path) -> list[dict[str, Any]]:
+    """The base with components/prometheus-operator, as an overlay would include it: rendered
+    by kubectl kustomize when installed, else the files read as base_documents() reads."""
+    if KUBECTL is None:
+        kustomization = yaml.safe_load((OPERATOR / "kustomization.yaml").read_text())
+        documents = base_documents()
+        for resource in kustomization["resources"]:
+            text = (OPERATOR / resource).read_text()
+            documents += [d for d in yaml.safe_load_all(text) if d]
+        return documents
+    # kustomize takes only relative paths to bases and components.
+    relative = Path(os.path.relpath(KUSTOMIZE, tmp_path))
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [str(relative / "base")],
+                "components": [str(relative / "components" / "prometheus-operator")],
+            }
+        )
+    )
+    result = subprocess.run(
+        [KUBECTL, "kustomize", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+def is_operator_object(document: dict[str, Any]) -> bool:
+    return str(document["apiVersion"]).startswith("monitoring.coreos.com/")
+
+
+def scraped_pods(documents: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {
+        d["metadata"]["name"]: d["spec"]["template"]
+        for d in documents
+        if d["kind"] == "Deployment" and d["metadata"]["name"] in SCRAPED
+    }
+
+
+def _port_names(pod: dict[str, Any]) -> set[str]:
+    return {p["name"] for c in pod["spec"]["containers"] for p in c.get("ports", [])}
+
+
+def test_operator_component_renders_and_its_kubernetes_objects_validate(
+    tmp_path: Path,
+) -> None:
+    documents = with_operator_component(tmp_path)
+    # kubernetes-validate knows the built-in kinds only; the operator's are checked below.
+    _validate_all([d for d in documents if not is_operator_object(d)])
+    kinds = sorted(d["kind"] for d in documents if is_operator_object(d))
+    assert kinds == ["PodMonitor", "PrometheusRule"]
+
+
+def test_pod_monitor_scrapes_the_metrics_port_of_each_of_the_five_services(
+    tmp_path: Path,
+) -> None:
+    documents = with_operator_component(tmp_path)
+    monitor = find(documents, "PodMonitor", "stylebase")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert set(monitor["spec"]) <= {"selector", "podMetricsEndpoints", "namespaceSelector"}
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    endpoints = monitor["spec"]["podMetricsEndpoints"]
+    for endpoint in endpoints:
+        assert set(endpoint) <= {"port", "path", "interval", "relabelings"}
+        assert endpoint["path"] == "/metrics"
+    pods = scraped_pods(documents)
+    assert set(pods) == set(SCRAPED)
+    for name, pod in pods.items():
+        labels = pod["metadata"]["labels"]
+        assert selector.items() <= labels.items(), name
+        scraped = [e for e in endpoints if e["port"] in _port_names(pod)]
+        assert len(scraped) == 1, (name, "exactly one endpoint finds a port on it")
+        (container,) = pod["spec"]["containers"]
+        port = next(p for p in container["ports"] if p["name"] == scraped[0]["port"])
+        assert str(port["containerPort"]) == pod["metadata"]["annotations"]["prometheus.io/port"]
+        relabelled = _relabel(scraped[0]["relabelings"], labels)
+        assert relabelled == {"job": "stylebase", "service": SCRAPED[name]}, name
+
+
+def _discovered(prefix: str, values: dict[str, str]) -> dict[str, str]:
+    """Pod labels or annotations as discovery names them (__meta_..._<sanitized name>)."""
+    return {prefix + re.sub(r"[^a-zA-Z0-9_]", "_", k): v for k, v in values.items()}
+
+
+def _relabel(relabelings: list[dict[str, Any]], pod_labels: dict[str, str]) -> dict[str, str]:
+    """The replace steps the PodMonitor uses, applied as Prometheus applies them (RE2 and
+    Python agree on these anchored patterns), to the labels discovery gives a pod."""
+    labels = _discovered("__meta_kubernetes_pod_label_", pod_labels)
+    for step in relabelings:
+        assert step.get("action", "replace") == "replace"
+        source = ";".join(labels.get(n, "") for n in step.get("sourceLabels", []))
+        match = re.fullmatch(step.get("regex", "(.*)"), source)
+        if match:
+            replacement = re.sub(r"\$\{(\d+)\}|\$(\d+)", r"\\\1\2", step.get("replacement", "$1"))
+            labels[step["targetLabel"]] = match.expand(replacement)
+    return {k: v for k, v in labels.items() if not k.startswith("__")}
+
+
+def test_prometheus_rule_wraps_rules_yml(tmp_path: Path) -> None:
+    rule = find(with_operator_component(tmp_path), "PrometheusRule", "stylebase")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert set(rule["spec"]) == {"groups"}
+    rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "rules.yml").read_text())
+    assert rule["spec"]["groups"] == rules["groups"]
+
+
+def test_kubernetes_scrape_config_keeps_exactly_the_metrics_port_of_the_five_services() -> None:
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "kubernetes.yml").read_text())
+    (job,) = config["scrape_configs"]
+    assert job["kubernetes_sd_configs"] == [{"role": "pod"}]
+    keeps = [r for r in job["relabel_configs"] if r.get("action") == "keep"]
+    documents = base_documents()
+    workloads = [d for d in documents if d["kind"] in ("Deployment", "Job", "CronJob")]
+    kept: dict[str, list[str]] = {}
+    for workload in workloads:
+        spec = workload["spec"]
+        pod = spec["jobTemplate"]["spec"]["template"] if "jobTemplate" in spec else spec["template"]
+        meta = _discovered(
+            "__meta_kubernetes_pod_annotation_", pod["metadata"].get("annotations", {})
+        ) | _discovered("__meta_kubernetes_pod_label_", pod["metadata"]["labels"])
+        # Discovery gives one target per container port (one without a port name if none).
+        for port in _port_names(pod) or {""}:
+            target = meta | {"__meta_kubernetes_pod_container_port_name": port}
+            if all(
+                re.fullmatch(r["regex"], ";".join(target.get(n, "") for n in r["source_labels"]))
+                for r in keeps
+            ):
+                kept.setdefault(workload["metadata"]["name"], []).append(port)
+    assert kept == {name: ["http" if name == "http-api" else "metrics"] for name in SCRAPED}
+    names = [r for r in job["relabel_configs"] if r.get("target_label") == "service"]
+    relabelled = _relabel(
+        [
+            {
+                "sourceLabels": r["source_labels"],
+                "targetLabel": r["target_label"],
+                **({"regex": r["regex"]} if "regex" in r else {}),
+                **({"replacement": r["replacement"]} if "replacement" in r else {}),
+            }
+            for r in names
+        ],
+        {"app.kubernetes.io/name": "cache-gateway"},
+    )
+    assert relabelled == {"service": "cache_gateway"}
