@@ -75,9 +75,12 @@ CONNECT_ERRORS = (
 )
 _ERROR_TYPES = frozenset(STATEMENT_ERRORS) | frozenset(CONNECT_ERRORS)
 _VERB_RE = re.compile(r"^\s*(\w+)")
-# A name after FROM, JOIN, INTO, UPDATE, TABLE or COPY, quoted or not, schema-qualified or not.
+# A relation after FROM, JOIN, INTO, UPDATE, TABLE or COPY, quoted or not, schema-qualified or
+# not; after FROM or JOIN a name followed by "(" is a set-returning function (unnest), not one.
+_NAME = r'(?:"?\w+"?\.)?"?(\w+)\b"?'
 _TABLE_RE = re.compile(
-    r'\b(?:FROM|INTO|UPDATE|JOIN|TABLE|COPY)\s+(?:"?\w+"?\.)?"?(\w+)"?', re.IGNORECASE
+    rf"\b(?:(?:FROM|JOIN)\s+{_NAME}(?!\s*\()|(?:INTO|UPDATE|TABLE|COPY)\s+{_NAME})",
+    re.IGNORECASE,
 )
 _QUERY_KEY = "stylebase_query"
 
@@ -89,7 +92,7 @@ def classify_statement(statement: str) -> tuple[str, str]:
     it names no relation at all, "other" when it names only relations outside the schema."""
     verb = _VERB_RE.match(statement)
     operation = verb.group(1).lower() if verb else "other"
-    names = [name.lower() for name in _TABLE_RE.findall(statement)]
+    names = [(read or written).lower() for read, written in _TABLE_RE.findall(statement)]
     table = next((name for name in names if name in TABLES), "other" if names else "none")
     return (operation if operation in VERBS else "other", table)
 
