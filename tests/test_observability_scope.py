@@ -4,10 +4,14 @@ labelled counter at 0 from the start, background work labelled apart and left un
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -27,6 +31,7 @@ from stylebase.profile_store.v1 import profile_store_service_pb2 as store_pb
 from stylebase.profile_store.v1 import profile_store_service_pb2_grpc as store_grpc
 from stylebase.similarity.v1 import similarity_service_pb2 as similarity_pb
 from stylebase.similarity.v1 import similarity_service_pb2_grpc as similarity_grpc
+from tests.harness import ROOT
 from tests.observability_support import (
     FULL_NAMES,
     PREFIX,
@@ -40,7 +45,7 @@ from tests.observability_support import (
     unit_vector,
     wait_for,
 )
-from tests.otlp_spans import requests
+from tests.otlp_spans import read_spans, requests
 
 GRPC = {"grpc_server_handled_total", "grpc_server_handling_seconds"}
 DATABASE = {
@@ -365,3 +370,83 @@ def test_every_statement_after_real_work_names_a_real_table(idled: Stack) -> Non
         }
         assert "other" not in tables, (service, sorted(tables))
         assert tables - {"none"}, service
+
+
+# ---------------------------------------------------------------- which codes are span errors
+
+_PROBE_SCRIPT = """
+import asyncio, grpc
+from shared import errors
+from shared.grpc.server import ServiceDefinition, start_server, stop_server
+from shared.settings import ObservabilitySettings
+from shared.telemetry import configure_tracing
+
+NAME = "stylebase.tests.v1.ProbeService"
+RAISES = {
+    "NotFound": lambda: errors.NotFound("no such artist"),
+    "InvalidArgument": lambda: errors.InvalidArgument("artist_name", "must not be empty"),
+    "AlreadyExists": lambda: errors.AlreadyExists("already there"),
+    "FailedPrecondition": lambda: errors.FailedPrecondition("not yet"),
+    "Unavailable": lambda: errors.Unavailable("away"),
+    "DeadlineExceeded": lambda: errors.DeadlineExceeded("too slow"),
+    "Internal": lambda: RuntimeError("a bug"),
+}
+
+def raising(make):
+    async def handler(request, context):
+        raise make()
+    return handler
+
+handlers = grpc.method_handlers_generic_handler(
+    NAME, {n: grpc.unary_unary_rpc_method_handler(raising(m)) for n, m in RAISES.items()}
+)
+
+async def main():
+    definition = ServiceDefinition(
+        name="probe", full_names=[NAME], register=lambda s: s.add_generic_rpc_handlers((handlers,))
+    )
+    running = await start_server("127.0.0.1:0", definition)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        for name in RAISES:
+            try:
+                await channel.unary_unary(f"/{NAME}/{name}")(b"", timeout=5)
+            except grpc.aio.AioRpcError:
+                pass
+    await stop_server(running, 0)
+
+provider = configure_tracing("probe", ObservabilitySettings())
+asyncio.run(main())
+provider.shutdown()
+"""
+
+
+def test_only_server_faults_are_span_errors(tmp_path: Path) -> None:
+    spans_file = tmp_path / "probe.spans.jsonl"
+    environment = {
+        **os.environ,
+        "OTEL_TRACES_EXPORTER": "file",
+        "STYLEBASE_TRACES_FILE": str(spans_file),
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", _PROBE_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=environment,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    status = {
+        span["name"].rsplit("/", 1)[1]: span["status"]
+        for span in read_spans(spans_file)
+        if span["kind"] == "SERVER" and span["name"].startswith("stylebase.tests.v1.")
+    }
+    assert status == {
+        "NotFound": "UNSET",
+        "InvalidArgument": "UNSET",
+        "AlreadyExists": "UNSET",
+        "FailedPrecondition": "UNSET",
+        "Unavailable": "ERROR",
+        "DeadlineExceeded": "ERROR",
+        "Internal": "ERROR",
+    }
