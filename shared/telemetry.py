@@ -81,10 +81,6 @@ def background_context() -> contextvars.Context:
     return context
 
 
-def in_background() -> bool:
-    return _background.get()
-
-
 def origin() -> str:
     """The origin label of the work running now: "background" or "request"."""
     return BACKGROUND if _background.get() else REQUEST
