@@ -1,19 +1,22 @@
-"""Tracing and gRPC metrics: exporters from OTEL_* settings, propagation in metadata, SQL spans."""
+"""Tracing and gRPC metrics: exporters from OTEL_* settings, propagation in metadata, SQL spans,
+and the background marker that both tracing and the database series read."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import contextvars
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any
 
 import grpc
+from google.protobuf import json_format
 from opentelemetry import propagate, trace
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -23,10 +26,10 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
     SpanExportResult,
 )
-from opentelemetry.trace import SpanKind, Status, StatusCode, format_span_id, format_trace_id
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from shared.grpc.base import UnaryHandler, UnaryServerInterceptor, with_metadata
-from shared.metrics import GRPC_SERVER_HANDLED, GRPC_SERVER_HANDLING
+from shared.metrics import GRPC_SERVER_HANDLED, GRPC_SERVER_HANDLING, count_every_code
 from shared.settings import ObservabilitySettings
 
 log = logging.getLogger(__name__)
@@ -38,39 +41,74 @@ tracer = trace.get_tracer("stylebase")
 # the hot paths skip building them (the SDK's own check reads os.environ on every call).
 _tracing = False
 
+REQUEST = "request"
+BACKGROUND = "background"
+# True in work a service starts by itself (readiness polling, relays, canaries, pruning,
+# health checks of its dependencies), not for an RPC: such work is labelled origin=background
+# in the database series and makes no spans. Tasks inherit it from where they are created.
+_background: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "stylebase_background", default=False
+)
+# Codes that say the server failed; the others (NOT_FOUND, INVALID_ARGUMENT, ...) are answers
+# about the request, not errors of the span (OpenTelemetry's gRPC conventions).
+_SERVER_FAULTS = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+_HEALTH_SERVICE = "grpc.health.v1.Health"
 
-class JsonLinesSpanExporter(SpanExporter):
-    """Appends finished spans to a file, one JSON object a line (OTEL_TRACES_EXPORTER=file)."""
+
+@contextlib.contextmanager
+def background() -> Iterator[None]:
+    """Mark what runs inside (and every task created inside) as background work."""
+    token = _background.set(True)
+    try:
+        yield
+    finally:
+        _background.reset(token)
+
+
+def background_context() -> contextvars.Context:
+    """A fresh context marked as background, for asyncio.create_task(..., context=...)."""
+    context = contextvars.Context()
+    context.run(_background.set, True)
+    return context
+
+
+def origin() -> str:
+    """The origin label of the work running now: "background" or "request"."""
+    return BACKGROUND if _background.get() else REQUEST
+
+
+def _set_grpc_status(span: trace.Span, code: grpc.StatusCode) -> None:
+    span.set_attribute("rpc.grpc.status_code", code.value[0])
+    if code in _SERVER_FAULTS:
+        span.set_status(Status(StatusCode.ERROR, code.name))
+
+
+class OtlpJsonFileExporter(SpanExporter):
+    """Appends finished spans to a file (OTEL_TRACES_EXPORTER=file), one OTLP
+    ExportTraceServiceRequest in its protobuf JSON form a line, as collectors and other OTLP
+    tools read it."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._lock = threading.Lock()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        lines = "".join(json.dumps(span_record(span), default=str) + "\n" for span in spans)
+        line = json_format.MessageToJson(encode_spans(spans), indent=None) + "\n"
         with self._lock, open(self.path, "a", encoding="utf-8") as out:
-            out.write(lines)
+            out.write(line)
         return SpanExportResult.SUCCESS
 
     def shutdown(self) -> None:
         return None
-
-
-def span_record(span: ReadableSpan) -> dict[str, Any]:
-    context = span.get_span_context()
-    assert context is not None
-    return {
-        "name": span.name,
-        "service": span.resource.attributes.get("service.name"),
-        "kind": span.kind.name,
-        "trace_id": format_trace_id(context.trace_id),
-        "span_id": format_span_id(context.span_id),
-        "parent_span_id": format_span_id(span.parent.span_id) if span.parent else None,
-        "start_ns": span.start_time,
-        "end_ns": span.end_time,
-        "status": span.status.status_code.name,
-        "attributes": dict(span.attributes or {}),
-    }
 
 
 def forget_empty_otel_variables() -> None:
@@ -101,7 +139,7 @@ def configure_tracing(service: str, settings: ObservabilitySettings) -> TracerPr
             provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
         elif name == "file":
             # Written at once, so a reader sees every span of a finished RPC.
-            exporter = JsonLinesSpanExporter(settings.stylebase_traces_file)
+            exporter = OtlpJsonFileExporter(settings.stylebase_traces_file)
             provider.add_span_processor(SimpleSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     global _tracing
@@ -117,15 +155,26 @@ def _status_of(context: grpc.aio.ServicerContext[Any, Any], default: grpc.Status
 
 class TelemetryInterceptor(UnaryServerInterceptor):
     """Outermost server interceptor: a SERVER span joined to the caller's trace, and the
-    gRPC request counter and latency histogram with the status code the client saw."""
+    gRPC request counter and latency histogram with the status code the client saw.
+
+    The counter starts at 0 for every status code of the service's own methods (full_names),
+    so rate() and absent() work before the first call; a health probe with no caller's trace
+    starts no span (probes would otherwise be most of the traces).
+    """
+
+    def __init__(self, full_names: Collection[str] = ()) -> None:
+        self._own = frozenset(full_names)
 
     def wrap(self, inner: UnaryHandler, full_method: str) -> UnaryHandler:
         service, _, method = full_method.lstrip("/").partition("/")
         attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
+        probe = service == _HEALTH_SERVICE
         # Children bound once per method: a labels() lookup costs about as much as the
         # observation itself.
         handling = GRPC_SERVER_HANDLING.labels(service, method)
-        handled: dict[grpc.StatusCode, Any] = {}
+        handled: dict[grpc.StatusCode, Any] = (
+            count_every_code(service, method) if service in self._own else {}
+        )
 
         def finish(code: grpc.StatusCode, started: float) -> None:
             counter = handled.get(code)
@@ -140,13 +189,17 @@ class TelemetryInterceptor(UnaryServerInterceptor):
             # No provider and no caller's trace: a span would record nothing and put nothing
             # in the logs, so the call runs without one.
             scope: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-            if not _untraced(metadata):
+            if not _untraced(metadata, probe):
                 carrier = {key: value for key, value in metadata if isinstance(value, str)}
                 scope = tracer.start_as_current_span(
                     f"{service}/{method}",
                     context=propagate.extract(carrier),
                     kind=SpanKind.SERVER,
                     attributes=attributes,
+                    # The status comes from the code alone: an abort with NOT_FOUND raises
+                    # through here, and is no error of the server.
+                    record_exception=False,
+                    set_status_on_exception=False,
                 )
             with scope as span:
                 code = grpc.StatusCode.UNKNOWN
@@ -163,21 +216,20 @@ class TelemetryInterceptor(UnaryServerInterceptor):
                 finally:
                     finish(code, started)
                     if span is not None:
-                        span.set_attribute("rpc.grpc.status_code", code.value[0])
-                        if code is not grpc.StatusCode.OK:
-                            span.set_status(Status(StatusCode.ERROR, code.name))
+                        _set_grpc_status(span, code)
 
         return wrapper
 
 
-def _untraced(metadata: Any) -> bool:
-    if _tracing:
+def _untraced(metadata: Any, probe: bool) -> bool:
+    if _tracing and not probe:
         return False
     return not any(key == "traceparent" for key, _ in metadata)
 
 
 class TracingClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
-    """A CLIENT span per call, its context sent in the metadata (W3C traceparent)."""
+    """A CLIENT span per call, its context sent in the metadata (W3C traceparent); none for
+    background work, which the callee then does not trace either."""
 
     async def intercept_unary_unary(
         self,
@@ -185,6 +237,8 @@ class TracingClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: i
         client_call_details: grpc.aio.ClientCallDetails,
         request: Any,
     ) -> Any:
+        if _background.get():
+            return await continuation(client_call_details, request)
         raw = client_call_details.method
         name = (raw.decode() if isinstance(raw, bytes) else str(raw)).lstrip("/")
         service, _, method = name.partition("/")
@@ -198,16 +252,14 @@ class TracingClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: i
             call = await continuation(with_metadata(client_call_details, carrier.items()), request)
             # Waiting for the status here keeps the span as long as the call.
             code = await call.code()
-            span.set_attribute("rpc.grpc.status_code", code.value[0])
-            if code is not grpc.StatusCode.OK:
-                span.set_status(Status(StatusCode.ERROR, code.name))
+            _set_grpc_status(span, code)
             return call
 
 
 def start_sql_span(operation: str, table: str, statement: str) -> trace.Span:
     """A CLIENT span for one statement, child of whatever span is current (the RPC's); the
-    invalid span at once when nothing would record it."""
-    if not _tracing:
+    invalid span at once when nothing would record it, or in background work."""
+    if not _tracing or _background.get():
         return trace.INVALID_SPAN
     return tracer.start_span(
         f"{operation.upper()} {table}",

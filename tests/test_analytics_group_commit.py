@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -20,6 +19,7 @@ from stylebase.analytics.v1 import analytics_service_pb2_grpc as pb_grpc
 from tests.analytics_support import add_artist, analytics_server
 from tests.analytics_support import request as generation_request
 from tests.harness import ServiceProcess, service_env
+from tests.otlp_spans import read_spans
 
 WRITERS = 4  # the default ANALYTICS_RECORD_WRITERS
 
@@ -93,9 +93,7 @@ async def traced(database_url: str, tmp_path: Path) -> AsyncIterator[tuple[Path,
 
 
 def _read_spans(path: Path) -> list[dict[str, object]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_spans(path)
 
 
 async def test_each_record_insert_is_in_its_own_callers_trace(

@@ -94,6 +94,8 @@ def test_the_daemon_backs_up_when_due_serves_metrics_and_stops_promptly(source: 
         text = body.decode()
         assert "backup_wal_archiver_up 1.0" in text
         assert "backup_last_base_backup_timestamp_seconds" in text
+        assert "backup_base_backup_failures_total 0.0" in text
+        assert "_created" not in text and "grpc_server" not in text
     finally:
         started = time.monotonic()
         daemon.stop()

@@ -9,20 +9,23 @@ import warnings
 
 import asyncpg
 import pytest
-from prometheus_client import REGISTRY
 from sqlalchemy import text
 
 from shared.db.engine import Database
 from shared.embedded.ports import free_port
 from shared.embedded.postgres import EmbeddedPostgres
 from shared.errors import DeadlineExceeded, Unavailable
+from shared.metrics import DATABASE, registry
 from shared.settings import ServiceSettings
 from tests.faults.proxy import FaultProxy
+
+REGISTRY = registry(DATABASE)
 
 
 def _errors(operation: str, error_type: str) -> float:
     value = REGISTRY.get_sample_value(
-        "db_query_errors_total", {"operation": operation, "error_type": error_type}
+        "db_query_errors_total",
+        {"operation": operation, "error_type": error_type, "origin": "request"},
     )
     return value or 0.0
 

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 import grpc
 import numpy as np
 import pytest
-from prometheus_client import REGISTRY
 from sqlalchemy import text
 
 from services.similarity.app import Settings, build
@@ -17,7 +16,7 @@ from services.similarity.search import IndexSettings
 from shared.db.engine import Database
 from shared.errors import DeadlineExceeded
 from shared.grpc.status import field_violations
-from shared.metrics import SIMILARITY_RECALL
+from shared.metrics import SIMILARITY, SIMILARITY_RECALL, registry
 from shared.settings import ServiceSettings
 from stylebase.similarity.v1 import similarity_service_pb2 as pb
 from tests.test_similarity_rpcs import (
@@ -156,7 +155,7 @@ async def test_recall_canary_exports_the_gauge_when_enabled(
         SIMILARITY_RECALL_CANARY_K=5,
     ):
         for _ in range(300):
-            value = REGISTRY.get_sample_value("similarity_index_recall", {"k": "5"})
+            value = registry(SIMILARITY).get_sample_value("similarity_index_recall", {"k": "5"})
             if value is not None and value >= 0:
                 break
             await asyncio.sleep(0.1)

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import numpy as np
 import pytest
-from prometheus_client import REGISTRY
 from sqlalchemy import text
 
 from services.similarity.app import Settings, build
@@ -23,6 +22,7 @@ from services.similarity.search import vector_literal
 from shared.db.engine import Database
 from shared.grpc.server import start_server, stop_server
 from shared.grpc.status import error_info, field_violations
+from shared.metrics import SIMILARITY, registry
 from shared.settings import ServiceSettings
 from stylebase.similarity.v1 import similarity_service_pb2 as pb
 from stylebase.similarity.v1 import similarity_service_pb2_grpc as pb_grpc
@@ -364,7 +364,10 @@ async def test_searches_are_counted_by_kind(clean_db: Database, stub: Stub) -> N
     await seed(clean_db, [Row("a", unit((0, 1.0))), Row("b", unit((1, 1.0)))])
 
     def count(kind: str) -> float:
-        return REGISTRY.get_sample_value("db_similarity_searches_total", {"kind": kind}) or 0.0
+        return (
+            registry(SIMILARITY).get_sample_value("db_similarity_searches_total", {"kind": kind})
+            or 0.0
+        )
 
     before = {k: count(k) for k in ("find_similar", "search_by_embedding", "recommend")}
     await stub.FindSimilarArtists(pb.FindSimilarArtistsRequest(artist_name="a"))

@@ -12,6 +12,7 @@ from services.analytics.servicer import AnalyticsServicer
 from shared.db import migrate
 from shared.db.engine import Database
 from shared.grpc.server import ServiceDefinition
+from shared.metrics import ANALYTICS, DATABASE, REQUEST_LOG
 from shared.settings import ServiceSettings
 from stylebase.analytics.v1 import analytics_service_pb2 as pb
 from stylebase.analytics.v1 import analytics_service_pb2_grpc as pb_grpc
@@ -50,4 +51,5 @@ async def build(settings: Settings) -> ServiceDefinition:
         register=lambda server: pb_grpc.add_AnalyticsServiceServicer_to_server(servicer, server),
         readiness=migrate.schema_check(db),
         cleanups=cleanups,
+        metrics=[DATABASE, REQUEST_LOG, ANALYTICS],
     )

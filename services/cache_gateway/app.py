@@ -15,6 +15,7 @@ from services.cache_gateway.servicer import CacheGatewayServicer
 from services.cache_gateway.stats import Stats
 from services.cache_gateway.store_client import StoreClient
 from shared.grpc.server import NOT_SERVING, SERVING, ServiceDefinition
+from shared.metrics import CACHE, CACHE_REDIS_CONNECTED, REDIS_LINK
 from stylebase.cache_gateway.v1 import cache_gateway_service_pb2 as pb
 from stylebase.cache_gateway.v1 import cache_gateway_service_pb2_grpc as pb_grpc
 
@@ -61,9 +62,12 @@ def assemble(settings: Settings) -> Parts:
         name="cache_gateway",
         full_names=[FULL_NAME],
         register=lambda server: pb_grpc.add_CacheGatewayServiceServicer_to_server(servicer, server),
+        # No database: no pool or statement series. cache_redis_connected only with a Redis.
+        metrics=[CACHE] if redis is None else [CACHE, REDIS_LINK],
     )
 
     async def report_redis(up: bool) -> None:
+        CACHE_REDIS_CONNECTED.set(1 if up else 0)
         if definition.health is not None:
             await definition.health.set(REDIS_HEALTH_NAME, SERVING if up else NOT_SERVING)
 

@@ -15,9 +15,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.http_api import errors, models
 from services.http_api.config import Settings
-from services.http_api.middleware import RequestContext
+from services.http_api.middleware import HTTP, RequestContext
 from services.http_api.routes import router
 from services.http_api.upstream import Upstreams
+from shared.metrics import PROCESS, registry
+from shared.telemetry import background
 
 STATIC = Path(__file__).parent / "static"
 DESCRIPTION = """The specification's REST endpoints over Stylebase's gRPC services.
@@ -63,6 +65,8 @@ def create_app(settings: Settings, *, traced: bool = False) -> FastAPI:
 
 
 def _operations(app: FastAPI) -> None:
+    served = registry(PROCESS, HTTP)
+
     @app.get("/healthz", response_model=models.Health, include_in_schema=False)
     async def healthz() -> Response:
         return JSONResponse({"status": "ok", "not_serving": []})
@@ -71,14 +75,16 @@ def _operations(app: FastAPI) -> None:
     async def readyz(request: Request) -> Response:
         if request.app.state.stopping:
             return JSONResponse({"status": "not_ready", "not_serving": []}, status_code=503)
-        down = await request.app.state.upstreams.not_serving()
+        # A probe, not traffic: its health checks of the upstreams make no spans.
+        with background():
+            down = await request.app.state.upstreams.not_serving()
         if down:
             return JSONResponse({"status": "not_ready", "not_serving": down}, status_code=503)
         return JSONResponse({"status": "ok", "not_serving": []})
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(served), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:

@@ -14,6 +14,7 @@ from shared.cache.authority import Authority
 from shared.db import migrate
 from shared.db.engine import Database
 from shared.grpc.server import ServiceDefinition
+from shared.metrics import DATABASE, REQUEST_LOG, STORE
 from shared.settings import RedisSettings, ServiceSettings
 from stylebase.profile_store.v1 import profile_store_service_pb2 as pb
 from stylebase.profile_store.v1 import profile_store_service_pb2_grpc as pb_grpc
@@ -83,6 +84,7 @@ def assemble(settings: Settings) -> ProfileStore:
         readiness=migrate.schema_check(db),
         cleanups=[invalidations.close, db.dispose],
         background=[invalidations.relay_forever],
+        metrics=[DATABASE, REQUEST_LOG, STORE],
     )
     if invalidations.authority is not None:
         definition.background.append(invalidations.authority.run)

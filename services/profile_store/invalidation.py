@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from shared.cache.authority import Authority
 from shared.cache.protocol import Drop
 from shared.db.engine import Database
+from shared.metrics import OUTBOX_PENDING
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ _POSTPONE = text(
     WHERE o.artist_name = u.name AND o.version = u.version AND locked.artist_name = o.artist_name
     """
 )
+_PENDING = "SELECT count(*) AS pending FROM profile_invalidation_outbox"
 
 
 @dataclass(frozen=True)
@@ -194,6 +196,13 @@ class Invalidator:
         await self.db.run(record, time_left=5.0)
         return len(events) if done else 0
 
+    async def count_pending(self) -> int:
+        """Publish profile_invalidation_outbox_pending: rows not yet confirmed, due or not."""
+        rows = await self.db.fetch(_PENDING, time_left=5.0)
+        pending = int(rows[0]["pending"])
+        OUTBOX_PENDING.set(pending)
+        return pending
+
     async def _all_due_now(self) -> None:
         async def work(session: AsyncSession) -> int:
             return int((await session.execute(_DUE_NOW)).rowcount)  # type: ignore[attr-defined]
@@ -212,6 +221,7 @@ class Invalidator:
                     await self._all_due_now()
                 heard = listening or self.authority is None
                 await self.relay_once()
+                await self.count_pending()
             except Exception as exc:  # a database outage must not end the relay
                 log.warning("invalidation relay round failed: %s", exc)
             await asyncio.sleep(self.relay_interval)

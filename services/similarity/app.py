@@ -13,6 +13,7 @@ from services.similarity.servicer import SimilarityServicer
 from shared.db import migrate
 from shared.db.engine import Database
 from shared.grpc.server import ServiceDefinition
+from shared.metrics import DATABASE, SIMILARITY
 from shared.settings import ServiceSettings
 from stylebase.similarity.v1 import similarity_service_pb2 as pb
 from stylebase.similarity.v1 import similarity_service_pb2_grpc as pb_grpc
@@ -72,4 +73,5 @@ async def build(settings: Settings) -> ServiceDefinition:
         readiness=migrate.schema_check(db),
         cleanups=[db.dispose],
         background=background,
+        metrics=[DATABASE, SIMILARITY],
     )

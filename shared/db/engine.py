@@ -29,11 +29,11 @@ from shared.db.errors import (
     translate_db_error,
 )
 from shared.db.lane import FetchLane
-from shared.db.observe import Query, classify_statement, explain_on, observe_queries
+from shared.db.observe import Query, classify_statement, count_error, explain_on, observe_queries
 from shared.db.pool import BackendSlots, create_engine, install_pre_ping
 from shared.db.retry import check_deadline, with_retries
 from shared.errors import DeadlineExceeded
-from shared.metrics import DB_QUERY_ERRORS, track_pool
+from shared.metrics import track_pool
 from shared.settings import DatabaseSettings
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def positional(statement: str, params: Mapping[str, Any]) -> tuple[Any, ...]:
 
 def _count_connect_error(exc: BaseException) -> None:
     if not isinstance(exc, DBAPIError):  # statement errors are counted by the engine hook
-        DB_QUERY_ERRORS.labels("connect", type(exc).__name__).inc()
+        count_error("connect", exc)
 
 
 def _left(deadline: float | None) -> float | None:

@@ -10,7 +10,6 @@ first commits (then reads its answer) or rolls back (then does the work itself).
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import hashlib
 import logging
 import re
@@ -20,12 +19,13 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from google.protobuf.message import Message
-from prometheus_client import Counter
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db.engine import Database
 from shared.errors import Aborted, InvalidArgument
+from shared.metrics import REQUEST_LOG_REPLAYS as REPLAYS
+from shared.telemetry import background_context
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
@@ -40,9 +40,6 @@ PRUNE_INTERVAL_SECONDS = 60.0
 # While a round deletes a full batch the log is behind; the next round follows soon after.
 PRUNE_CATCH_UP_SECONDS = 0.5
 
-REPLAYS = Counter(
-    "request_log_replays", "Writes answered from the request log instead of written", ["rpc"]
-)
 
 _CLAIM = text(
     f"""
@@ -273,8 +270,9 @@ class Pruner:
         if time.monotonic() < self._next or (self._task is not None and not self._task.done()):
             return
         self._next = time.monotonic() + PRUNE_INTERVAL_SECONDS
-        # A clean context: the round belongs to no caller's request id or trace.
-        self._task = asyncio.create_task(self.prune_once(), context=contextvars.Context())
+        # A clean context: the round belongs to no caller's request id or trace; it is
+        # background work (origin=background, no spans).
+        self._task = asyncio.create_task(self.prune_once(), context=background_context())
 
     async def prune_once(self) -> int:
         try:

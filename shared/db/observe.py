@@ -1,5 +1,8 @@
 """Every statement timed (histogram and SQL span), failures counted, slow ones logged with plans.
 
+Labels: operation (the verb), table (the schema's table it names), origin (request or
+background, from shared.telemetry's marker); each bounded to the values listed here.
+
 Two paths reach PostgreSQL: SQLAlchemy sessions, observed through engine events, and the
 single-statement reads of Database.fetch, which call the driver directly; both report here.
 """
@@ -19,61 +22,127 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.db.models import Base
 from shared.metrics import DB_QUERY_DURATION, DB_QUERY_ERRORS, DB_SLOW_QUERIES
-from shared.telemetry import end_sql_span, start_sql_span
+from shared.telemetry import BACKGROUND, REQUEST, end_sql_span, origin, start_sql_span
 
 log = logging.getLogger("shared.db.engine")
 
-# Label values stay bounded: known verbs and the schema's own tables, anything else "other".
-_VERBS = frozenset(
-    {"select", "insert", "update", "delete", "with", "set", "show", "savepoint", "release"}
+# Label values stay bounded: known verbs and the schema's tables, anything else "other".
+VERBS = frozenset(
+    {"select", "insert", "update", "delete", "with", "copy", "set", "show", "savepoint", "release"}
 )
 _EXPLAINABLE = frozenset({"select", "insert", "update", "delete", "with"})
-_TABLES = frozenset(Base.metadata.tables)
+# The schema's tables: the models', and those only the migrations and raw statements know
+# (tests/test_db_labels.py checks this against a migrated database).
+TABLES = frozenset(Base.metadata.tables) | {
+    "alembic_version",
+    "artist_generation_counts",
+    "generation_rollup_histogram",
+    "generation_rollups",
+    "profile_invalidation_outbox",
+    "request_log",
+}
+# The errors the code can meet, by the class name the driver (or asyncio) raises: those of a
+# statement, and those of making or checking out a connection ("connect"). Any other: "other".
+STATEMENT_ERRORS = (
+    "UniqueViolationError",
+    "ForeignKeyViolationError",
+    "CheckViolationError",
+    "QueryCanceledError",
+    "DeadlockDetectedError",
+    "SerializationError",
+    "LockNotAvailableError",
+    "ReadOnlySQLTransactionError",
+    "InsufficientPrivilegeError",
+    "UndefinedTableError",
+    "UndefinedColumnError",
+    "AdminShutdownError",
+    "ConnectionDoesNotExistError",
+    "InterfaceError",
+    "TimeoutError",
+    "CancelledError",
+    "other",
+)
+CONNECT_ERRORS = (
+    "ConnectionRefusedError",
+    "OSError",
+    "TimeoutError",
+    "InvalidPasswordError",
+    "CannotConnectNowError",
+    "TooManyConnectionsError",
+    "ConnectionDoesNotExistError",
+    "InterfaceError",
+    "other",
+)
+_ERROR_TYPES = frozenset(STATEMENT_ERRORS) | frozenset(CONNECT_ERRORS)
 _VERB_RE = re.compile(r"^\s*(\w+)")
-_TABLE_RE = re.compile(r'\b(?:FROM|INTO|UPDATE|JOIN)\s+"?(\w+)"?', re.IGNORECASE)
+# A relation after FROM, JOIN, INTO, UPDATE, TABLE or COPY, quoted or not, schema-qualified or
+# not; after FROM or JOIN a name followed by "(" is a set-returning function (unnest), not one.
+_NAME = r'(?:"?\w+"?\.)?"?(\w+)\b"?'
+_TABLE_RE = re.compile(
+    rf"\b(?:(?:FROM|JOIN)\s+{_NAME}(?!\s*\()|(?:INTO|UPDATE|TABLE|COPY)\s+{_NAME})",
+    re.IGNORECASE,
+)
 _QUERY_KEY = "stylebase_query"
 
 
 @functools.lru_cache(maxsize=1024)
 def classify_statement(statement: str) -> tuple[str, str]:
-    """(operation, table) labels of a SQL statement."""
+    """(operation, table) labels of a SQL statement: its verb, and the first of the schema's
+    tables it names (a CTE's own names, functions and catalogs are passed over); "none" when
+    it names no relation at all, "other" when it names only relations outside the schema."""
     verb = _VERB_RE.match(statement)
     operation = verb.group(1).lower() if verb else "other"
-    table = _TABLE_RE.search(statement)
-    name = table.group(1).lower() if table else "none"
-    return (
-        operation if operation in _VERBS else "other",
-        name if name in _TABLES or name == "none" else "other",
-    )
+    names = [(read or written).lower() for read, written in _TABLE_RE.findall(statement)]
+    table = next((name for name in names if name in TABLES), "other" if names else "none")
+    return (operation if operation in VERBS else "other", table)
 
 
-@functools.lru_cache(maxsize=256)
-def _duration(operation: str, table: str) -> Any:
+def error_type(exc: BaseException) -> str:
+    name = type(exc).__name__
+    return name if name in _ERROR_TYPES else "other"
+
+
+@functools.lru_cache(maxsize=512)
+def _duration(operation: str, table: str, origin: str) -> Any:
     """The histogram's child for these labels, looked up once (labels() takes a lock)."""
-    return DB_QUERY_DURATION.labels(operation, table)
+    return DB_QUERY_DURATION.labels(operation, table, origin)
+
+
+def count_error(operation: str, exc: BaseException) -> None:
+    DB_QUERY_ERRORS.labels(operation, error_type(exc), origin()).inc()
+
+
+# Every (operation, error_type, origin) at 0 from the start, so rate() and absent() work.
+for _origin in (REQUEST, BACKGROUND):
+    for _operation in (*sorted(VERBS), "other"):
+        for _error in STATEMENT_ERRORS:
+            DB_QUERY_ERRORS.labels(_operation, _error, _origin)
+    for _error in CONNECT_ERRORS:
+        DB_QUERY_ERRORS.labels("connect", _error, _origin)
 
 
 class Query:
     """One statement in flight: started on creation, then finished() or failed()."""
 
-    __slots__ = ("operation", "span", "started", "statement", "table")
+    __slots__ = ("operation", "origin", "span", "started", "statement", "table")
 
     def __init__(self, statement: str) -> None:
         self.statement = statement
         self.operation, self.table = classify_statement(statement)
+        self.origin = origin()
         self.span: trace.Span = start_sql_span(self.operation, self.table, statement)
         self.started = time.perf_counter()
 
     def finished(self) -> float:
         """Record the duration and return it in milliseconds."""
         elapsed = time.perf_counter() - self.started
-        _duration(self.operation, self.table).observe(elapsed)
+        _duration(self.operation, self.table, self.origin).observe(elapsed)
         end_sql_span(self.span)
         return elapsed * 1000
 
     def failed(self, exc: BaseException) -> None:
         # The driver's own class (UniqueViolationError, QueryCanceledError) says the most.
-        DB_QUERY_ERRORS.labels(self.operation, type(exc).__name__).inc()
+        DB_QUERY_ERRORS.labels(self.operation, error_type(exc), self.origin).inc()
         end_sql_span(self.span, exc)
 
     def log_slow(self, elapsed_ms: float, slow_query_ms: int, plan: str) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
+from prometheus_client import CollectorRegistry
 
 from shared.grpc.base import Registrar, UnaryServerInterceptor
 from shared.grpc.interceptors import ErrorInterceptor
@@ -19,8 +20,8 @@ from shared.grpc.introspection import HEALTH_SERVICE, Health, enable_reflection
 from shared.grpc.readiness import NOT_SERVING as NOT_SERVING  # re-exported for the services
 from shared.grpc.readiness import SERVING as SERVING
 from shared.grpc.readiness import Readiness, ReadinessGate
-from shared.metrics import MetricsServer, tracked_pools
-from shared.telemetry import TelemetryInterceptor
+from shared.metrics import GRPC_SERVER, PROCESS, MetricsServer, SeriesGroup, registry, tracked_pools
+from shared.telemetry import TelemetryInterceptor, background
 from stylebase.admin.v1 import admin_service_pb2 as admin_pb
 from stylebase.admin.v1 import admin_service_pb2_grpc as admin_grpc
 
@@ -57,6 +58,9 @@ class ServiceDefinition:
     # Started with the server, cancelled on shutdown (canaries, subscribers).
     background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
     interceptors: list[UnaryServerInterceptor] = field(default_factory=list)
+    # The series groups the service's metrics endpoint serves, besides the gRPC server's
+    # and the process's own, which every service has (see shared.metrics).
+    metrics: Sequence[SeriesGroup] = ()
     # Filled in by create_server, so a service can publish extra health names.
     health: HealthServicer | None = None
     # Filled in by create_server when there is a readiness check.
@@ -101,7 +105,11 @@ ADMIN_SERVICE = admin_pb.DESCRIPTOR.services_by_name["AdminService"].full_name
 def create_server(address: str, definition: ServiceDefinition) -> tuple[grpc.aio.Server, int]:
     """Build (not start) the server and bind it; port 0 picks a free port."""
     # Telemetry is outermost, so it records the status the client really gets.
-    interceptors = [TelemetryInterceptor(), *definition.interceptors, ErrorInterceptor()]
+    interceptors = [
+        TelemetryInterceptor(definition.full_names),
+        *definition.interceptors,
+        ErrorInterceptor(),
+    ]
     if definition.readiness is not None:
         # Innermost: the error interceptor turns its refusals into statuses.
         definition.gate = ReadinessGate(definition.name, definition.full_names)
@@ -134,15 +142,19 @@ async def start_server(address: str, definition: ServiceDefinition) -> RunningSe
         ["", *definition.full_names],
         definition.gate,
     )
-    # The first check runs before the port takes calls, so the gate is right from the first.
-    await readiness.update()
+    # Readiness polling and the service's own loops are background work: the tasks created
+    # under the marker inherit it, so their statements say origin=background and make no spans.
+    with background():
+        # The first check runs before the port takes calls, so the gate is right from the first.
+        await readiness.update()
     await running.health.set(LIVENESS, SERVING)
     await server.start()
-    running.tasks.append(asyncio.create_task(readiness.watch(), name="readiness"))
-    running.tasks.extend(
-        asyncio.create_task(job(), name=getattr(job, "__qualname__", repr(job)))
-        for job in definition.background
-    )
+    with background():
+        running.tasks.append(asyncio.create_task(readiness.watch(), name="readiness"))
+        running.tasks.extend(
+            asyncio.create_task(job(), name=getattr(job, "__qualname__", repr(job)))
+            for job in definition.background
+        )
     log.info("%s listening on %s", definition.name, address.rsplit(":", 1)[0] + f":{port}")
     return running
 
@@ -200,10 +212,17 @@ async def _bounded_cleanup(name: str, cleanup: Callable[[], Awaitable[None]]) ->
         log.error("cleanup %s of %s failed", task.get_name(), name, exc_info=task.exception())
 
 
-def start_metrics(host: str, port: int, variable: str) -> MetricsServer | None:
+def service_registry(definition: ServiceDefinition) -> CollectorRegistry:
+    """What the service's metrics endpoint serves: its own groups, no other service's."""
+    return registry(PROCESS, GRPC_SERVER, *definition.metrics)
+
+
+def start_metrics(
+    host: str, port: int, variable: str, served: CollectorRegistry
+) -> MetricsServer | None:
     """The Prometheus endpoint; a busy port costs the metrics, not the service."""
     try:
-        metrics = MetricsServer(host.strip("[]"), port)
+        metrics = MetricsServer(host.strip("[]"), port, served)
     except OSError as exc:
         log.warning(
             "metrics not served: cannot listen on %s:%s (%s); set %s", host, port, exc, variable
@@ -227,7 +246,8 @@ async def serve(
     running = await start_server(address, definition)
     host = address.rsplit(":", 1)[0]
     variable = f"{definition.name.upper()}_METRICS_PORT"
-    metrics = start_metrics(host, metrics_port, variable) if metrics_port else None
+    served = service_registry(definition)
+    metrics = start_metrics(host, metrics_port, variable, served) if metrics_port else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

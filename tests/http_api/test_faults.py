@@ -17,6 +17,7 @@ import pytest
 from tests.faults.proxy import FaultProxy
 from tests.harness import ServiceProcess
 from tests.http_api.support import ApiProcess, Stack, start_services, wait_ready
+from tests.otlp_spans import read_spans
 
 BODY = {
     "artist_name": "J Dilla",
@@ -242,7 +243,7 @@ def test_with_tracing_on_each_request_is_one_trace_across_the_hop(
         assert reply.status_code == 200
     finally:
         traced.stop()
-    spans = [json.loads(line) for line in spans_file.read_text().splitlines()]
+    spans = read_spans(spans_file)
     server = [s for s in spans if s["name"] == "GET /api/v1/stats"]
     client = [s for s in spans if s["name"].endswith("AnalyticsService/GetStats")]
     assert len(server) == 1 and len(client) == 1, [s["name"] for s in spans]

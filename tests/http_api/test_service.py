@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import pytest
 
@@ -59,6 +61,15 @@ def test_metrics_count_requests_by_route_template(base_url: str) -> None:
     assert 'route="/api/v1/similar/{artist:name}",status="404"' in text
     assert "Nobody" not in text, "names must not become label values"
     assert "http_request_duration_seconds_bucket" in text
+
+
+def test_metrics_are_the_apis_own_series_only(base_url: str) -> None:
+    httpx.get(f"{base_url}/healthz", timeout=10)
+    text = httpx.get(f"{base_url}/metrics", timeout=10).text
+    declared = set(re.findall(r"^# TYPE (\S+) ", text, re.MULTILINE))
+    own = {name for name in declared if not re.match(r"(process|python)_", name)}
+    assert own == {"http_requests_total", "http_request_duration_seconds"}
+    assert "_created" not in text
 
 
 def test_probes(base_url: str) -> None:
