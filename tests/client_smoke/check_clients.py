@@ -54,8 +54,13 @@ def _sync(targets: dict[str, str], prefix: str) -> dict[str, Any]:
         )
         out["store_profile"] = got.profile.artist_name
         out["store_echoed_request_id"] = dict(call.trailing_metadata() or ()).get("x-request-id")
-        listed = store.list_artists(ps.ListArtistsRequest(page_size=100))
-        out["store_listed"] = sorted(a.name for a in listed.artists if a.name.startswith(prefix))
+        listed, token = [], ""
+        while True:
+            page = store.list_artists(ps.ListArtistsRequest(page_size=100, page_token=token))
+            listed += [a.name for a in page.artists if a.name.startswith(prefix)]
+            if not (token := page.next_page_token):
+                break
+        out["store_listed"] = sorted(listed)
     with sc.SimilarityClient(targets["similarity"]) as similarity:
         found = similarity.find_similar_artists(
             sim.FindSimilarArtistsRequest(artist_name=names[0], limit=2)
