@@ -133,7 +133,7 @@ def test_each_kind_of_call_gets_its_default_deadline_and_the_request_id() -> Non
     # gRPC rounds a timeout up when it sends it, so each bound has a second of slack.
     read, write, explicit = servicer.deadlines
     assert read is not None and write is not None and explicit is not None
-    assert 0 < read <= Kind.READ.value + 1 < write <= Kind.WRITE.value + 1 < explicit <= 31
+    assert 0 < read <= Kind.READ.timeout + 1 < write <= Kind.WRITE.timeout + 1 < explicit <= 31
     assert servicer.request_ids == ["req-1", "req-2", ""]
 
 

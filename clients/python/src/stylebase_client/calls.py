@@ -29,7 +29,7 @@ class Call(Generic[Req, Resp]):
 
     def __init__(self, method: grpc.UnaryUnaryMultiCallable[Req, Resp], kind: Kind) -> None:
         self._method = method
-        self.default_timeout = kind.value
+        self.default_timeout = kind.timeout
 
     def __call__(
         self,
@@ -62,7 +62,7 @@ class AsyncCall(Generic[Req, Resp]):
 
     def __init__(self, method: grpc.aio.UnaryUnaryMultiCallable[Req, Resp], kind: Kind) -> None:
         self._method = method
-        self.default_timeout = kind.value
+        self.default_timeout = kind.timeout
 
     async def __call__(
         self,

@@ -17,19 +17,30 @@ HEALTH_SERVICE = "grpc.health.v1.Health"
 
 
 class Kind(Enum):
-    """How an RPC may be retried and how long it is given by default (seconds)."""
+    """How an RPC may be retried and how long it is given by default."""
 
     # Reads, and calls that leave the same state however often they run: retried on
     # UNAVAILABLE by the channel.
-    READ = 5.0
+    READ = "read"
+    # MeasureRecall runs exact search over a sample, WarmCache loads many profiles.
+    LONG_READ = "long read"
     # Writes: never retried by the channel, since an UNAVAILABLE may come after the commit.
     # Send the proto's request_id and retry the call yourself: the repeat is answered from
     # the first call's record.
-    WRITE = 10.0
-    BATCH_WRITE = 30.0
-    # MeasureRecall runs exact search over a sample: it is a read, but a long one.
-    LONG_READ = 60.0
+    WRITE = "write"
+    BATCH_WRITE = "batch write"
 
+    @property
+    def retried(self) -> bool:
+        return self in (Kind.READ, Kind.LONG_READ)
+
+    @property
+    def timeout(self) -> float:
+        """The call's deadline in seconds when the caller gives none."""
+        return DEFAULT_TIMEOUTS[self]
+
+
+DEFAULT_TIMEOUTS = {Kind.READ: 5.0, Kind.LONG_READ: 60.0, Kind.WRITE: 10.0, Kind.BATCH_WRITE: 30.0}
 
 # Stylebase's own rule for its service-to-service channels (shared/grpc/channels.py):
 # UNAVAILABLE only, 3 attempts, backoff 0.05 s doubling to at most 0.5 s.
@@ -56,9 +67,7 @@ def service_config(service: str, methods: Mapping[str, Kind]) -> str:
     over every address a target resolves to (so dns:///host:port spreads over replicas) and
     the retry policy on its idempotent methods and the health check."""
     retried = [
-        {"service": service, "method": name}
-        for name, kind in methods.items()
-        if kind in (Kind.READ, Kind.LONG_READ)
+        {"service": service, "method": name} for name, kind in methods.items() if kind.retried
     ]
     retried.append({"service": HEALTH_SERVICE, "method": "Check"})
     return json.dumps(
