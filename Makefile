@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: install run test generate check-generated lint format breaking pytest migrate seed-demo \
-	faults bench bench-profile-store bench-similarity bench-analytics bench-cache-gateway bench-http-api \
+	client faults bench bench-profile-store bench-similarity bench-analytics bench-cache-gateway bench-http-api \
 	bench-backup clean
 
 $(STAMP): pyproject.toml
@@ -39,6 +39,10 @@ seed-demo: install
 generate: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py gen
 
+# The stylebase-client wheel (typed clients and the generated code of gen/) into dist/.
+client: $(STAMP)
+	$(BIN)/pip wheel --quiet --no-deps -w dist clients/python
+
 # Fails when the committed generated code differs from what the protos give.
 check-generated: $(STAMP)
 	@rm -rf .gen-check && $(BIN)/python scripts/gen_protos.py .gen-check >/dev/null
@@ -51,7 +55,7 @@ lint: $(STAMP)
 	$(BIN)/buf format --diff --exit-code
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy shared services tests bench scripts
+	$(BIN)/mypy shared services tests bench scripts clients/python/src
 
 format: $(STAMP)
 	$(BIN)/buf format -w
@@ -91,4 +95,4 @@ bench-backup: install
 	$(BIN)/python -m bench.backup $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .gen-check .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) dist .gen-check .mypy_cache .ruff_cache .pytest_cache

@@ -1,4 +1,4 @@
-"""Regenerate the Python code for every proto under protos/ into gen/ (or a given folder)."""
+"""Regenerate the Python code of the protos under protos/stylebase into gen/ (or a folder)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,9 @@ def generate(out: Path) -> None:
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    files = sorted(str(p.relative_to(PROTOS)) for p in PROTOS.rglob("*.proto"))
+    # Only Stylebase's own: Python has grpc/health/v1 from grpcio-health-checking (a second
+    # copy would shadow the grpc package); it is vendored for the other languages.
+    files = sorted(str(p.relative_to(PROTOS)) for p in (PROTOS / "stylebase").rglob("*.proto"))
     well_known = Path(protoc.__file__).parent / "_proto"
     bin_dir = Path(sys.executable).parent
     args = [

@@ -24,13 +24,14 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&stylebase/admin/v1/admin_service.proto\x12\x12stylebase.admin.v1\"\x15\n\x13GetPoolStatsRequest\"\\\n\tPoolStats\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x05\x12\x13\n\x0b\x63hecked_out\x18\x03 \x01(\x05\x12\x10\n\x08overflow\x18\x04 \x01(\x05\x12\x0c\n\x04idle\x18\x05 \x01(\x05\"D\n\x14GetPoolStatsResponse\x12,\n\x05pools\x18\x01 \x03(\x0b\x32\x1d.stylebase.admin.v1.PoolStats2q\n\x0c\x41\x64minService\x12\x61\n\x0cGetPoolStats\x12\'.stylebase.admin.v1.GetPoolStatsRequest\x1a(.stylebase.admin.v1.GetPoolStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&stylebase/admin/v1/admin_service.proto\x12\x12stylebase.admin.v1\"\x15\n\x13GetPoolStatsRequest\"\\\n\tPoolStats\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x05\x12\x13\n\x0b\x63hecked_out\x18\x03 \x01(\x05\x12\x10\n\x08overflow\x18\x04 \x01(\x05\x12\x0c\n\x04idle\x18\x05 \x01(\x05\"D\n\x14GetPoolStatsResponse\x12,\n\x05pools\x18\x01 \x03(\x0b\x32\x1d.stylebase.admin.v1.PoolStats2q\n\x0c\x41\x64minService\x12\x61\n\x0cGetPoolStats\x12\'.stylebase.admin.v1.GetPoolStatsRequest\x1a(.stylebase.admin.v1.GetPoolStatsResponseB\xbc\x01\n\x16\x63om.stylebase.admin.v1B\x11\x41\x64minServiceProtoP\x01Z@github.com/stylebase/stylebase/gen/go/stylebase/admin/v1;adminv1\xa2\x02\tSBAdminV1\xaa\x02\x12Stylebase.Admin.V1\xca\x02\x12Stylebase\\Admin\\V1\xea\x02\x14Stylebase::Admin::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'stylebase.admin.v1.admin_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\026com.stylebase.admin.v1B\021AdminServiceProtoP\001Z@github.com/stylebase/stylebase/gen/go/stylebase/admin/v1;adminv1\242\002\tSBAdminV1\252\002\022Stylebase.Admin.V1\312\002\022Stylebase\\Admin\\V1\352\002\024Stylebase::Admin::V1'
   _globals['_GETPOOLSTATSREQUEST']._serialized_start=62
   _globals['_GETPOOLSTATSREQUEST']._serialized_end=83
   _globals['_POOLSTATS']._serialized_start=85
