@@ -13,7 +13,7 @@ LOCK_TOOL := .lock-tool
 
 .PHONY: install system-packages lock run test generate check-generated lint format breaking \
 	pytest migrate seed-demo faults bench bench-profile-store bench-similarity bench-analytics \
-	bench-cache-gateway bench-http-api bench-backup clean
+	bench-cache-gateway bench-http-api bench-backup scan clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -96,6 +96,19 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# checkov over the rendered manifests and the Dockerfile. checkov is no project dependency (it
+# pins much of its own): install it apart, e.g. `python -m venv /tmp/checkov &&
+# /tmp/checkov/bin/pip install checkov`, then `make scan CHECKOV=/tmp/checkov/bin/checkov`.
+# The accepted findings are explained in README (Deployment).
+CHECKOV ?= checkov
+CHECKOV_ACCEPTED := CKV_K8S_15,CKV_K8S_35,CKV_K8S_43
+scan:
+	@rm -rf .scan && mkdir -p .scan && cp Dockerfile .scan/
+	kubectl kustomize deploy/kustomize/base > .scan/base.yaml
+	kubectl kustomize deploy/kustomize/overlays/production > .scan/production.yaml
+	$(CHECKOV) -d .scan --framework kubernetes dockerfile --quiet --compact \
+	  --skip-check $(CHECKOV_ACCEPTED)
+
 # Compares the protos with those on the main branch.
 breaking: $(STAMP)
 	$(BIN)/buf breaking --against '.git#branch=main'
@@ -129,4 +142,4 @@ bench-backup: install
 	$(BIN)/python -m bench.backup $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) $(LOCK_TOOL) .gen-check .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(LOCK_TOOL) .scan .gen-check .mypy_cache .ruff_cache .pytest_cache

@@ -4,6 +4,7 @@ Kubernetes schemas, and both against the settings and ports the code actually ha
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import json
 import re
@@ -258,18 +259,25 @@ async def test_healthcheck_probe_exits_zero_only_while_serving() -> None:
 # ---------------------------------------------------------------- Kubernetes
 
 
-def rendered(path: str, root: Path = KUSTOMIZE) -> list[dict[str, Any]]:
-    """What `kubectl apply -k` would send: the base's ConfigMaps exist only once generated."""
-    if KUBECTL is None:
-        pytest.skip("kubectl (for kustomize) not installed")
+@functools.cache
+def _kustomize(directory: Path) -> str:
+    assert KUBECTL is not None
     result = subprocess.run(
-        [KUBECTL, "kustomize", str(root / path)],
+        [KUBECTL, "kustomize", str(directory)],
         capture_output=True,
         text=True,
         timeout=60,
         check=True,
     )
-    return [d for d in yaml.safe_load_all(result.stdout) if d]
+    return result.stdout
+
+
+def rendered(path: str, root: Path = KUSTOMIZE) -> list[dict[str, Any]]:
+    """What `kubectl apply -k` would send: the base's ConfigMaps exist only once generated.
+    Parsed afresh each time, so a test may change what it gets."""
+    if KUBECTL is None:
+        pytest.skip("kubectl (for kustomize) not installed")
+    return [d for d in yaml.safe_load_all(_kustomize(root / path)) if d]
 
 
 def base_documents() -> list[dict[str, Any]]:
@@ -529,3 +537,28 @@ def test_the_migration_job_is_named_after_the_release(tmp_path: Path) -> None:
     assert job_names(documents) == ["stylebase-migrate-0.2.0"]
     (job,) = [d for d in documents if d["kind"] == "Job"]
     assert job["spec"]["template"]["spec"]["containers"][0]["image"].endswith(":0.2.0")
+
+
+def _selects(policy: dict[str, Any], labels: dict[str, str]) -> bool:
+    wanted = policy["spec"]["podSelector"].get("matchLabels", {})
+    return all(labels.get(key) == value for key, value in wanted.items())
+
+
+@pytest.mark.parametrize("path", RENDERS)
+def test_ingress_is_denied_except_to_the_ports_each_service_serves(path: str) -> None:
+    documents = rendered(path)
+    policies = [d for d in documents if d["kind"] == "NetworkPolicy"]
+    deny = find(documents, "NetworkPolicy", "stylebase-default-deny-ingress")["spec"]
+    assert deny["podSelector"] == {} and deny["policyTypes"] == ["Ingress"]
+    assert "ingress" not in deny
+    for deployment in (d for d in documents if d["kind"] == "Deployment"):
+        pod = deployment["spec"]["template"]
+        allowed = {
+            port["port"]
+            for policy in policies
+            if _selects(policy, pod["metadata"]["labels"])
+            for rule in policy["spec"].get("ingress", [])
+            for port in rule["ports"]
+        }
+        served = {p["name"] for p in pod["spec"]["containers"][0]["ports"]}
+        assert allowed == served, deployment["metadata"]["name"]
