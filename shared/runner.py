@@ -46,6 +46,7 @@ def run_service(name: ServiceName) -> int:
             definition,
             grace=settings.grpc_grace_seconds,
             metrics_port=settings.metrics_port_of(name),
+            max_connection_age=settings.grpc_max_connection_age_seconds,
         )
 
     try:

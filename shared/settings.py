@@ -100,6 +100,8 @@ class EndpointSettings(_Base):
     analytics_target: str = ""
     cache_gateway_target: str = ""
     grpc_grace_seconds: float = Field(default=5.0, ge=0, le=300)
+    # Connections older than this are asked to reconnect (0: never); see server_options.
+    grpc_max_connection_age_seconds: float = Field(default=300.0, ge=0, le=86400)
 
     def port_of(self, service: ServiceName) -> int:
         port: int = getattr(self, f"{service}_port")

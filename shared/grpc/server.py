@@ -102,7 +102,26 @@ class AdminServicer(admin_grpc.AdminServiceServicer):
 ADMIN_SERVICE = admin_pb.DESCRIPTOR.services_by_name["AdminService"].full_name
 
 
-def create_server(address: str, definition: ServiceDefinition) -> tuple[grpc.aio.Server, int]:
+# How long calls on a connection past its age may still finish before it is closed.
+CONNECTION_AGE_GRACE_SECONDS = 60.0
+
+
+def server_options(max_connection_age: float) -> list[tuple[str, int]]:
+    """Channel arguments of the server. A connection older than max_connection_age (seconds,
+    with gRPC's own jitter of 10%) gets GOAWAY, so clients reconnect and resolve their dns:///
+    target again: without it a client keeps its first addresses and never reaches the pods a
+    scale-up added. 0 keeps connections for ever."""
+    if max_connection_age <= 0:
+        return []
+    return [
+        ("grpc.max_connection_age_ms", max(1, round(max_connection_age * 1000))),
+        ("grpc.max_connection_age_grace_ms", round(CONNECTION_AGE_GRACE_SECONDS * 1000)),
+    ]
+
+
+def create_server(
+    address: str, definition: ServiceDefinition, *, max_connection_age: float = 0
+) -> tuple[grpc.aio.Server, int]:
     """Build (not start) the server and bind it; port 0 picks a free port."""
     # Telemetry is outermost, so it records the status the client really gets.
     interceptors = [
@@ -114,7 +133,7 @@ def create_server(address: str, definition: ServiceDefinition) -> tuple[grpc.aio
         # Innermost: the error interceptor turns its refusals into statuses.
         definition.gate = ReadinessGate(definition.name, definition.full_names)
         interceptors.append(definition.gate)
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=server_options(max_connection_age))
     registrar = Registrar(server, interceptors)
     definition.register(registrar)
     admin_grpc.add_AdminServiceServicer_to_server(AdminServicer(), registrar)  # type: ignore[arg-type]
@@ -131,8 +150,10 @@ def create_server(address: str, definition: ServiceDefinition) -> tuple[grpc.aio
     return server, port
 
 
-async def start_server(address: str, definition: ServiceDefinition) -> RunningServer:
-    server, port = create_server(address, definition)
+async def start_server(
+    address: str, definition: ServiceDefinition, *, max_connection_age: float = 0
+) -> RunningServer:
+    server, port = create_server(address, definition, max_connection_age=max_connection_age)
     assert definition.health is not None
     running = RunningServer(server, port, definition.health, definition)
     readiness = Readiness(
@@ -238,12 +259,13 @@ async def serve(
     *,
     grace: float = 5.0,
     metrics_port: int = 0,
+    max_connection_age: float = 0,
 ) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully.
 
     metrics_port > 0 also serves Prometheus metrics over HTTP on the gRPC host.
     """
-    running = await start_server(address, definition)
+    running = await start_server(address, definition, max_connection_age=max_connection_age)
     host = address.rsplit(":", 1)[0]
     variable = f"{definition.name.upper()}_METRICS_PORT"
     served = service_registry(definition)
