@@ -39,7 +39,7 @@ async def _peers_seen(max_connection_age: float, calls: int) -> tuple[set[str], 
     failures: list[str] = []
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-            call = channel.unary_unary(_METHOD)
+            call = channel.unary_unary(_METHOD, None, None)
             for _ in range(calls):
                 try:
                     peers.add((await call(b"", timeout=5)).decode())
