@@ -57,6 +57,8 @@ class ServiceDefinition:
     # Started with the server, cancelled on shutdown (canaries, subscribers).
     background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
     interceptors: list[UnaryServerInterceptor] = field(default_factory=list)
+    # One log line per call (ACCESS_LOG); run_service sets it from the settings.
+    access_log: bool = False
     # Filled in by create_server, so a service can publish extra health names.
     health: HealthServicer | None = None
     # Filled in by create_server when there is a readiness check.
@@ -101,7 +103,11 @@ ADMIN_SERVICE = admin_pb.DESCRIPTOR.services_by_name["AdminService"].full_name
 def create_server(address: str, definition: ServiceDefinition) -> tuple[grpc.aio.Server, int]:
     """Build (not start) the server and bind it; port 0 picks a free port."""
     # Telemetry is outermost, so it records the status the client really gets.
-    interceptors = [TelemetryInterceptor(), *definition.interceptors, ErrorInterceptor()]
+    interceptors = [
+        TelemetryInterceptor(),
+        *definition.interceptors,
+        ErrorInterceptor(access_log=definition.access_log),
+    ]
     if definition.readiness is not None:
         # Innermost: the error interceptor turns its refusals into statuses.
         definition.gate = ReadinessGate(definition.name, definition.full_names)
