@@ -4,13 +4,16 @@ services, the HTTP API, tracebacks included) and the access lines of ACCESS_LOG.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -180,18 +183,43 @@ def broken_database(postgres: EmbeddedPostgres) -> str:
     return url
 
 
-def _calls(target: str) -> dict[str, str]:
+@contextlib.contextmanager
+def _artists_locked(database: str) -> Iterator[None]:
+    """The artists table held under an ACCESS EXCLUSIVE lock: every read of it waits."""
+    locked, release = threading.Event(), threading.Event()
+
+    async def hold() -> None:
+        conn = await asyncpg.connect(to_libpq_url(database))
+        try:
+            async with conn.transaction():
+                await conn.execute("LOCK TABLE artists IN ACCESS EXCLUSIVE MODE")
+                locked.set()
+                await asyncio.to_thread(release.wait)
+        finally:
+            await conn.close()
+
+    holder = threading.Thread(target=asyncio.run, args=(hold(),))
+    holder.start()
+    try:
+        assert locked.wait(10)
+        yield
+    finally:
+        release.set()
+        holder.join(10)
+
+
+def _calls(target: str, database: str) -> dict[str, str]:
     """One call of each outcome, each with its own request id; the id of each by its code."""
     ids = {code: f"logs-{code.lower()}-{uuid.uuid4().hex[:6]}" for code in CODES}
     artist = f"Logs Artist {uuid.uuid4().hex[:6]}"
     with grpc.insecure_channel(target) as channel:
         stub = store_grpc.ProfileStoreServiceStub(channel)
 
-        def call(code: str, method: Any, request: Any) -> None:
+        def call(code: str, method: Any, request: Any, timeout: float = 10) -> None:
             metadata = (("x-request-id", ids[code]),)
             details = ""
             try:
-                method(request, timeout=10, metadata=metadata)
+                method(request, timeout=timeout, metadata=metadata)
                 got = "OK"
             except grpc.RpcError as error:
                 got, details = error.code().name, error.details() or ""
@@ -208,15 +236,19 @@ def _calls(target: str) -> dict[str, str]:
             stub.ListResearchSources,
             store_pb.ListResearchSourcesRequest(artist_name=artist),
         )
+        with _artists_locked(database):
+            request = store_pb.GetArtistRequest(name=artist)
+            call("DEADLINE_EXCEEDED", stub.GetArtist, request, timeout=0.5)
     return ids
 
 
-CODES = ("OK", "NOT_FOUND", "INVALID_ARGUMENT", "INTERNAL")
+CODES = ("OK", "NOT_FOUND", "INVALID_ARGUMENT", "INTERNAL", "DEADLINE_EXCEEDED")
 METHODS = {
     "OK": f"{STORE}/GetOrCreateArtist",
     "NOT_FOUND": f"{STORE}/GetArtist",
     "INVALID_ARGUMENT": f"{STORE}/GetArtist",
     "INTERNAL": f"{STORE}/ListResearchSources",
+    "DEADLINE_EXCEEDED": f"{STORE}/GetArtist",
 }
 
 
@@ -225,7 +257,7 @@ def _run_store(database: str, log: Path, **extra: str) -> dict[str, str]:
     store = ServiceProcess("profile_store", env, log_path=log)
     try:
         store.start()
-        ids = _calls(store.target)
+        ids = _calls(store.target, database)
     finally:
         assert store.stop() == 0
     return ids
