@@ -46,7 +46,8 @@ class ErrorInterceptor(UnaryServerInterceptor):
         logged = self.access_log
 
         async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            started = time.perf_counter() if logged else 0.0
+            # The peer read now: once a deadline has passed, grpc no longer tells it.
+            started, peer = (time.perf_counter(), context.peer()) if logged else (0.0, "")
             code = "OK"
             request_id = _incoming_request_id(context)
             token = request_id_var.set(request_id)
@@ -88,17 +89,14 @@ class ErrorInterceptor(UnaryServerInterceptor):
                 )
             finally:
                 if logged:
-                    _log_access(method, code, started, context)
+                    _log_access(method, code, started, peer)
                 request_id_var.reset(token)
 
         return wrapper
 
 
-def _log_access(
-    method: str, code: str, started: float, context: grpc.aio.ServicerContext[Any, Any]
-) -> None:
+def _log_access(method: str, code: str, started: float, peer: str) -> None:
     duration_ms = round((time.perf_counter() - started) * 1000, 3)
-    peer = context.peer()
     # The request id comes with the record, from request_id_var, like any line of the call.
     access.info(
         "%s %s %.3f ms %s",
