@@ -11,7 +11,13 @@ from pydantic import ValidationError
 
 from shared.backup import parser as backup_parser
 from shared.logging import configure_logging
-from shared.settings import SERVICES, DatabaseSettings, ServiceName, StackSettings
+from shared.settings import (
+    SERVICES,
+    CommandLogSettings,
+    DatabaseSettings,
+    ServiceName,
+    StackSettings,
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,7 +47,12 @@ def main(argv: list[str] | None = None) -> int:
         from shared.runner import run_service
 
         return run_service(cast(ServiceName, args.service))
-    configure_logging("stylebase", "INFO", "text")
+    try:
+        logs = CommandLogSettings()
+    except ValidationError as exc:
+        print(f"stylebase {args.command}: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    configure_logging("stylebase", logs.log_level, logs.log_format)
     log = logging.getLogger("stylebase")
     if args.command in backup_parser.COMMANDS:
         from shared.backup.cli import run
@@ -54,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 return up(StackSettings())
             except StackError as exc:
-                print(f"stylebase up: {exc}", file=sys.stderr)
+                log.error("stylebase up: %s", exc)
                 return 2
         if args.command == "seed-demo":
             return _seed_demo(log)
@@ -68,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("%s to %s done", args.command, args.revision)
         return 0
     except (ValidationError, ValueError) as exc:
-        print(f"stylebase {args.command}: {exc}", file=sys.stderr)
+        log.error("stylebase %s: %s", args.command, exc)
         return 2
 
 

@@ -35,12 +35,13 @@ def run_service(name: ServiceName) -> int:
     except ValidationError as exc:
         print(f"{name}: invalid configuration: {exc}", file=sys.stderr)
         return 2
-    configure_logging(name, settings.log_level, settings.log_format)
+    configure_logging(name, settings.log_level, settings.log_format, access_log=settings.access_log)
     tracing = configure_tracing(name, settings)
     address = f"{settings.grpc_host}:{settings.port_of(name)}"
 
     async def main() -> None:
         definition = await build(settings)
+        definition.access_log = settings.access_log
         await serve(
             address,
             definition,

@@ -115,11 +115,20 @@ class EndpointSettings(_Base):
 class LogSettings(_Base):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
+    # One line per RPC (gRPC services) or request (HTTP API), whatever LOG_LEVEL says.
+    access_log: bool = False
 
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+
+class CommandLogSettings(LogSettings):
+    """The stylebase command (migrate, up, seed-demo, backups): text by default, for a person
+    at a terminal; a Job or a log collector sets LOG_FORMAT=json."""
+
+    log_format: Literal["json", "text"] = "text"
 
 
 class ObservabilitySettings(_Base):

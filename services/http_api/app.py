@@ -60,6 +60,7 @@ def create_app(settings: Settings, *, traced: bool = False) -> FastAPI:
         max_body_bytes=settings.http_api_max_body_bytes,
         retry_after=settings.http_api_retry_after_seconds,
         traced=traced,
+        access_log=settings.access_log,
     )
     return app
 

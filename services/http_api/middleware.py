@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.http_api.deadline import HEADER as TIMEOUT_HEADER
 from services.http_api.deadline import deadline_var, parse_timeout
 from services.http_api.errors import ApiError, error_response, internal
-from shared.logging import new_request_id, request_id_var
+from shared.logging import ACCESS_LOGGER, new_request_id, request_id_var
 from shared.metrics import SeriesGroup
 
 # The HTTP API's own series, served by its /metrics (with the process's), nothing else.
@@ -37,6 +37,8 @@ HTTP_DURATION = HTTP.add(
     )
 )
 log = logging.getLogger(__name__)
+# In place of uvicorn's access log (off): ours has the route, the duration and the request id.
+access = logging.getLogger(ACCESS_LOGGER)
 
 
 def _request_id(value: str) -> str:
@@ -56,6 +58,7 @@ class RequestContext:
         max_body_bytes: int,
         retry_after: int,
         traced: bool,
+        access_log: bool = False,
     ) -> None:
         self.app = app
         self.default_timeout = default_timeout
@@ -64,6 +67,7 @@ class RequestContext:
         self.retry_after = retry_after
         # Without a tracer provider no span records; a traceparent still passes on.
         self.traced = traced
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -105,10 +109,14 @@ class RequestContext:
             finally:
                 deadline_var.reset(deadline_token)
         finally:
+            elapsed = time.perf_counter() - started
+            route = _route_of(scope)
+            if self.access_log:
+                _log_access(scope, route, status[0], elapsed)
             request_id_var.reset(id_token)
-            counter, histogram = _series(scope["method"], _route_of(scope), status[0])
+            counter, histogram = _series(scope["method"], route, status[0])
             counter.inc()
-            histogram.observe(time.perf_counter() - started)
+            histogram.observe(elapsed)
 
     async def _traced(
         self, scope: Scope, headers: dict[str, str], receive: Receive, send: Send
@@ -151,6 +159,29 @@ class RequestContext:
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.max_body_bytes:
             raise _too_large(f"{int(length)} bytes", self.max_body_bytes)
+
+
+def _log_access(scope: Scope, route: str, status: int, elapsed: float) -> None:
+    duration_ms = round(elapsed * 1000, 3)
+    client = scope.get("client")
+    peer = f"{client[0]}:{client[1]}" if client else ""
+    method, path = scope["method"], scope["path"]
+    access.info(
+        "%s %s %s %.3f ms %s",
+        method,
+        path,
+        status,
+        duration_ms,
+        peer,
+        extra={
+            "http_method": method,
+            "http_path": path,
+            "http_route": route,
+            "http_status": status,
+            "duration_ms": duration_ms,
+            "peer": peer,
+        },
+    )
 
 
 def _too_large(size: str, limit: int) -> ApiError:

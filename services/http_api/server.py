@@ -65,7 +65,9 @@ def main() -> int:
     except ValidationError as exc:
         print(f"http_api: invalid configuration: {exc}", file=sys.stderr)
         return 2
-    configure_logging("http_api", settings.log_level, settings.log_format)
+    configure_logging(
+        "http_api", settings.log_level, settings.log_format, access_log=settings.access_log
+    )
     tracing = configure_tracing("http_api", settings)
     try:
         sock = bind(settings.grpc_host, settings.http_api_port)
@@ -77,6 +79,8 @@ def main() -> int:
         loop="uvloop",
         http=HttpProtocol,
         lifespan="on",
+        # Its loggers go through ours (shared.logging); its access log is replaced by
+        # ACCESS_LOG's, in the middleware.
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=max(1, round(settings.grpc_grace_seconds)),

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
-import sys
 import threading
 
 from pydantic import ValidationError
@@ -14,6 +14,10 @@ from shared.backup.progress import bar
 from shared.backup.settings import BackupSettings
 from shared.backup.source import database_url
 from shared.backup.tools import BackupError
+
+# The command's logger: its failures are log lines, JSON ones under LOG_FORMAT=json; what it
+# reports (listings, results) goes to stdout.
+log = logging.getLogger("stylebase")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,10 +33,10 @@ def run(args: argparse.Namespace) -> int:
         return handler[args.action](settings, args)
     except (BackupError, ValidationError, ValueError) as exc:
         message = str(exc).splitlines()[0] if not isinstance(exc, ValidationError) else exc
-        print(f"stylebase {name}: {message}", file=sys.stderr)
+        log.error("stylebase %s: %s", name, message)
         return 1
     except OSError as exc:
-        print(f"stylebase {name}: {exc}", file=sys.stderr)
+        log.error("stylebase %s: %s", name, exc)
         return 1
 
 

@@ -61,6 +61,8 @@ class ServiceDefinition:
     # The series groups the service's metrics endpoint serves, besides the gRPC server's
     # and the process's own, which every service has (see shared.metrics).
     metrics: Sequence[SeriesGroup] = ()
+    # One log line per call (ACCESS_LOG); run_service sets it from the settings.
+    access_log: bool = False
     # Filled in by create_server, so a service can publish extra health names.
     health: HealthServicer | None = None
     # Filled in by create_server when there is a readiness check.
@@ -127,7 +129,7 @@ def create_server(
     interceptors = [
         TelemetryInterceptor(definition.full_names),
         *definition.interceptors,
-        ErrorInterceptor(),
+        ErrorInterceptor(access_log=definition.access_log),
     ]
     if definition.readiness is not None:
         # Innermost: the error interceptor turns its refusals into statuses.

@@ -11,6 +11,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from shared.db.models import Base
 
 config = context.config
+# No logging.config.fileConfig here, unlike alembic's templates: the process that migrates
+# (stylebase migrate, stylebase up, the tests) has its logging set already, and there is no
+# alembic.ini whose [loggers] would replace it.
 target_metadata = Base.metadata
 
 
