@@ -7,12 +7,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install run test generate check-generated lint format breaking pytest migrate seed-demo \
 	faults bench bench-profile-store bench-similarity bench-analytics bench-cache-gateway bench-http-api \
-	bench-backup clean
+	bench-backup bench-import clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,parquet]'
 	touch $(STAMP)
 
 # redis-server backs the tests, and chromium (headless) checks the HTTP API's docs page:
@@ -91,3 +91,6 @@ bench-backup: install
 
 clean:
 	rm -rf $(VENV) .gen-check .mypy_cache .ruff_cache .pytest_cache
+
+bench-import: install
+	$(BIN)/python -m bench.import_profiles $(BENCH_ARGS)

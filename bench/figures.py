@@ -3,9 +3,56 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..1) of values sorted ascending."""
     index = min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))
     return sorted_values[index]
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One chart of a figure: groups (e.g. concurrency levels) of named bars (p50, p95, ...)."""
+
+    title: str
+    unit: str
+    groups: Mapping[str, Mapping[str, float]]
+
+
+CHARTS = Path(__file__).resolve().parent / "charts"
+
+
+def write_chart(bench: str, title: str, panels: Sequence[Panel], *, folder: Path = CHARTS) -> Path:
+    """bench/charts/<bench>.png beside the printed figures: latency percentiles per
+    concurrency, throughput, ratio to a floor, as grouped bars, one panel each."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    from matplotlib import pyplot
+
+    figure, axes = pyplot.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+    for ax, panel in zip(axes[0], panels, strict=True):
+        names = list(dict.fromkeys(n for bars in panel.groups.values() for n in bars))
+        width = 0.8 / max(1, len(names))
+        for i, name in enumerate(names):
+            xs = [g + i * width for g in range(len(panel.groups))]
+            values = [bars.get(name, 0.0) for bars in panel.groups.values()]
+            drawn = ax.bar(xs, values, width, label=name)
+            ax.bar_label(drawn, fmt="%.3g", fontsize=7)
+        ax.set_xticks([g + width * (len(names) - 1) / 2 for g in range(len(panel.groups))])
+        ax.set_xticklabels(list(panel.groups))
+        ax.set_title(panel.title, fontsize=10)
+        ax.set_ylabel(panel.unit)
+        if len(names) > 1:
+            ax.legend(fontsize=7)
+    figure.suptitle(title, fontsize=11)
+    figure.tight_layout()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{bench}.png"
+    figure.savefig(path, dpi=100)
+    pyplot.close(figure)
+    return path

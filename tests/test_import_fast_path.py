@@ -83,7 +83,7 @@ async def test_fast_path_stores_the_same_rows_and_the_migrated_schema(
         assert outbox == 0  # without Redis, run (and cleared) after each commit
 
 
-async def _wait_for_position(state: Path, process: subprocess.Popen[bytes]) -> int:
+def _wait_for_position(state: Path, process: subprocess.Popen[bytes]) -> int:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
         try:
@@ -96,14 +96,8 @@ async def _wait_for_position(state: Path, process: subprocess.Popen[bytes]) -> i
     raise AssertionError(f"no committed batch seen before exit {process.returncode}")
 
 
-@pytest.mark.parametrize("fast", [False, True], ids=["normal", "fast"])
-async def test_resume_after_a_kill_imports_the_rest_exactly_once(
-    database_url: str, db: Database, tmp_path: Path, fast: bool
-) -> None:
-    count = 2000
-    source = write_lines(tmp_path / "in.jsonl", [line(i) for i in range(count)])
-    state = tmp_path / "in.jsonl.import-state"
-    env = stylebase_env(database_url, IMPORT_FAST_PATH_MIN_LINES="100" if fast else "100000")
+def _kill_mid_import(env: dict[str, str], source: Path, state: Path) -> int:
+    """SIGKILL once a few batches committed; the last position the import recorded."""
     process = subprocess.Popen(
         command("import", str(source), "--batch-size", "50"),
         env=env,
@@ -112,10 +106,22 @@ async def test_resume_after_a_kill_imports_the_rest_exactly_once(
         stderr=subprocess.DEVNULL,
     )
     try:
-        committed = await _wait_for_position(state, process)
+        _wait_for_position(state, process)
         process.send_signal(signal.SIGKILL)
     finally:
         process.wait(30)
+    return int(json.loads(state.read_text())["line"])
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["normal", "fast"])
+async def test_resume_after_a_kill_imports_the_rest_exactly_once(
+    database_url: str, db: Database, tmp_path: Path, fast: bool
+) -> None:
+    count = 2000
+    source = write_lines(tmp_path / "in.jsonl", [line(i) for i in range(count)])
+    state = tmp_path / "in.jsonl.import-state"
+    env = stylebase_env(database_url, IMPORT_FAST_PATH_MIN_LINES="100" if fast else "100000")
+    committed = _kill_mid_import(env, source, state)
     assert committed < count
     resumed = stylebase(env, "import", str(source), "--resume", "--batch-size", "50")
     assert resumed.returncode == 0, resumed.stderr

@@ -23,6 +23,8 @@ class ImportSettings(Settings):
     import_maintenance_work_mem: str = Field(default="1GB", pattern=r"^\d+\s*(kB|MB|GB)$")
     # Helpers of the index build beside the leader; 1 fits this 2-core machine.
     import_parallel_workers: int = Field(default=1, ge=0, le=64)
+    # Processes that parse and check lines while the import writes; 0: all in one process.
+    import_check_workers: int = Field(default=2, ge=0, le=64)
 
 
 def _say(message: str) -> None:
@@ -41,6 +43,7 @@ async def _import(settings: ImportSettings, args: argparse.Namespace) -> transfe
         ),
         maintenance_work_mem=settings.import_maintenance_work_mem,
         parallel_workers=settings.import_parallel_workers,
+        check_workers=settings.import_check_workers,
     )
     db = connect_database(settings)
     gateway = invalidator(settings, db)
