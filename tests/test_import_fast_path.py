@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import text
 
 from shared.db.engine import Database
+from shared.embedded.redis import RedisServer
 from tests.harness import ROOT
 from tests.transfer_support import command, line, stylebase, stylebase_env, write_lines
 
@@ -76,11 +77,29 @@ async def test_fast_path_stores_the_same_rows_and_the_migrated_schema(
     assert await _schema(db) == migrated
     assert "ix_style_profiles_embedding" in await _uses_index(db)
     async with db.transaction() as session:
-        # Every row took a version from the save sequence and left an invalidation to run.
+        # Every row took a version from the save sequence and left an invalidation (of a
+        # gateway's cached "not found") that, without REDIS_URL here, the store's relay runs.
         versions = (await session.execute(text("SELECT version FROM style_profiles"))).scalars()
         assert len(set(versions)) == 61
         outbox = await session.scalar(text("SELECT count(*) FROM profile_invalidation_outbox"))
-        assert outbox == 0  # without Redis, run (and cleared) after each commit
+        assert outbox == 61
+
+
+async def test_import_with_redis_runs_the_invalidations_itself(
+    database_url: str, db: Database, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    source = write_lines(tmp_path / "in.jsonl", [line(i) for i in range(30)])
+    for threshold in ("10", "100000"):  # the fast path, then the normal one over the same rows
+        env = stylebase_env(
+            database_url, REDIS_URL=redis_server.url, IMPORT_FAST_PATH_MIN_LINES=threshold
+        )
+        if threshold == "100000":
+            source = write_lines(source, [line(i, confidence_score=0.5) for i in range(30)])
+        result = stylebase(env, "import", str(source))
+        assert "imported 30" in result.stdout, result.stderr
+        async with db.transaction() as session:
+            left = await session.scalar(text("SELECT count(*) FROM profile_invalidation_outbox"))
+        assert left == 0
 
 
 def _wait_for_position(state: Path, process: subprocess.Popen[bytes]) -> int:
