@@ -17,7 +17,7 @@ from tests.harness import ROOT, ServiceProcess, service_env
 
 @pytest.fixture
 def services(database_url: str, redis_server: RedisServer) -> Iterator[dict[str, ServiceProcess]]:
-    processes = {s: ServiceProcess(s, {}) for s in SERVICES}
+    processes: dict[str, ServiceProcess] = {s: ServiceProcess(s, {}) for s in SERVICES}
     for process in processes.values():
         process.env = service_env(
             database_url,

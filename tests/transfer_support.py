@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ def line(i: int, **overrides: Any) -> dict[str, Any]:
     return data
 
 
-def write_lines(path: Path, lines: list[dict[str, Any] | str]) -> Path:
+def write_lines(path: Path, lines: Sequence[dict[str, Any] | str]) -> Path:
     with path.open("w") as handle:
         for item in lines:
             handle.write((item if isinstance(item, str) else json.dumps(item)) + "\n")
