@@ -44,7 +44,13 @@ def write_chart(bench: str, title: str, panels: Sequence[Panel], *, folder: Path
             drawn = ax.bar(xs, values, width, label=name)
             ax.bar_label(drawn, fmt="%.3g", fontsize=7)
         ax.set_xticks([g + width * (len(names) - 1) / 2 for g in range(len(panel.groups))])
-        ax.set_xticklabels(list(panel.groups))
+        long = any(len(g) > 14 for g in panel.groups)
+        ax.set_xticklabels(
+            list(panel.groups),
+            rotation=25 if long else 0,
+            ha="right" if long else "center",
+            fontsize=7 if long else 9,
+        )
         ax.set_title(panel.title, fontsize=10)
         ax.set_ylabel(panel.unit)
         if len(names) > 1:
@@ -56,3 +62,45 @@ def write_chart(bench: str, title: str, panels: Sequence[Panel], *, folder: Path
     figure.savefig(path, dpi=100)
     pyplot.close(figure)
     return path
+
+
+class Chart:
+    """Collects a benchmark's printed figures and writes them as one PNG at the end."""
+
+    def __init__(self, bench: str, title: str, *, ratio_title: str = "ratio to floor") -> None:
+        self.bench = bench
+        self.title = title
+        self.ratio_title = ratio_title
+        self._panels: dict[str, tuple[str, dict[str, dict[str, float]]]] = {}
+
+    def _put(self, panel: str, unit: str, group: str, series: str, value: float) -> None:
+        self._panels.setdefault(panel, (unit, {}))[1].setdefault(group, {})[series] = value
+
+    def latency(
+        self,
+        group: str,
+        series: str,
+        *,
+        p50_ms: float,
+        p95_ms: float,
+        p99_ms: float,
+        per_second: float | None = None,
+        ratio: float | None = None,
+    ) -> None:
+        """group: the concurrency (e.g. '16 in flight'); series: what was measured."""
+        for name, value in (("p50", p50_ms), ("p95", p95_ms), ("p99", p99_ms)):
+            self._put(f"{name} latency", "ms", group, series, value)
+        if per_second is not None:
+            self.rate(group, series, per_second)
+        if ratio is not None:
+            self.ratio(group, series, ratio)
+
+    def rate(self, group: str, series: str, per_second: float, unit: str = "per second") -> None:
+        self._put("throughput", unit, group, series, per_second)
+
+    def ratio(self, group: str, series: str, value: float) -> None:
+        self._put(self.ratio_title, "x", group, series, value)
+
+    def write(self, folder: Path = CHARTS) -> Path:
+        panels = [Panel(title, unit, groups) for title, (unit, groups) in self._panels.items()]
+        return write_chart(self.bench, self.title, panels, folder=folder)

@@ -122,9 +122,11 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
         seconds = time.perf_counter() - started
         path = next((x for x in result.stderr.splitlines() if x.startswith("path:")), "?")
         print(result.stdout.strip())
+        phases: dict[str, float] = {}
         for phase in result.stderr.splitlines():
             if phase.startswith(("rows written", "vector index built")):
                 print(f"  {phase}")
+                phases[phase.split(" in ")[0]] = float(phase.split(" in ")[1].split(" s")[0])
         if result.returncode != 0:
             print(result.stderr, file=sys.stderr)
             return 1
@@ -147,7 +149,12 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
         f"stylebase import, {args.count:,} profiles (workers {args.workers})",
         [
             Panel(
-                "seconds, end to end", "s", {"import": {"measured": seconds, "goal": GOAL_SECONDS}}
+                "seconds",
+                "s",
+                {
+                    **{name: {"measured": value} for name, value in phases.items()},
+                    "end to end": {"measured": seconds, "goal": GOAL_SECONDS},
+                },
             ),
             Panel("rows/s", "rows/s", {"import": {"measured": rate}}),
             Panel(
