@@ -26,6 +26,10 @@ class Panel:
 CHARTS = Path(__file__).resolve().parent / "charts"
 
 
+def _number(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
 def write_chart(bench: str, title: str, panels: Sequence[Panel], *, folder: Path = CHARTS) -> Path:
     """bench/charts/<bench>.png beside the printed figures: latency percentiles per
     concurrency, throughput, ratio to a floor, as grouped bars, one panel each."""
@@ -39,10 +43,13 @@ def write_chart(bench: str, title: str, panels: Sequence[Panel], *, folder: Path
         names = list(dict.fromkeys(n for bars in panel.groups.values() for n in bars))
         width = 0.8 / max(1, len(names))
         for i, name in enumerate(names):
-            xs = [g + i * width for g in range(len(panel.groups))]
-            values = [bars.get(name, 0.0) for bars in panel.groups.values()]
-            drawn = ax.bar(xs, values, width, label=name)
-            ax.bar_label(drawn, fmt="%.3g", fontsize=7)
+            # A series absent from a group leaves a gap there, not a zero bar.
+            present = [
+                (g, bars[name]) for g, bars in enumerate(panel.groups.values()) if name in bars
+            ]
+            xs = [g + i * width for g, _ in present]
+            drawn = ax.bar(xs, [v for _, v in present], width, label=name)
+            ax.bar_label(drawn, fmt=_number, fontsize=7)
         ax.set_xticks([g + width * (len(names) - 1) / 2 for g in range(len(panel.groups))])
         long = any(len(g) > 14 for g in panel.groups)
         ax.set_xticklabels(

@@ -169,7 +169,7 @@ async def run(target: str, vectors: np.ndarray, requests: int) -> None:
         ):
             rate, per_batch = await bulk_import(stub, part, in_flight, first=first)
             kind = "updates" if "re-import" in label else "new artists"
-            chart.rate(f"{in_flight} in flight", f"batch save, {kind}", rate, "profiles/s")
+            chart.rate(f"{in_flight} in flight", f"batch save, {kind}", rate)
             print(
                 f"BatchSaveStyleProfiles {label}, {len(part)} profiles in batches of {BATCH},"
                 f" {in_flight} in flight: {rate:,.0f} profiles/s (median batch {_ms(per_batch)})"

@@ -1,9 +1,9 @@
 """'stylebase status': every service's health, version and load, as a client of the services.
 
-Health is grpc.health.v1 Check; pool use the AdminService every server offers; the cache hit
-rate the gateway's GetCacheStats; the backup age the backup process's metrics endpoint, when
-one runs. The servers announce no version of their own, so the version column is the installed
-stylebase package's (the same code 'stylebase up' runs).
+Health is grpc.health.v1 Check (the HTTP API's /readyz); pool use the AdminService every
+server offers; the cache hit rate the gateway's GetCacheStats; the backup age the backup
+process's metrics endpoint, when one runs. The servers announce no version of their own, so
+the version column is the installed stylebase package's (the same code 'stylebase up' runs).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import asyncio
 import json
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
 from importlib import metadata
@@ -100,6 +101,22 @@ async def _service(service: ServiceName, target: str, wait: float, version: str)
     return row
 
 
+def _http_api(address: str, wait: float, version: str) -> Row:
+    """The HTTP API's /readyz: 200 when every gRPC service behind it serves."""
+    row = Row("http_api", address, "down", False, version)
+    try:
+        with urllib.request.urlopen(f"http://{address}/readyz", timeout=wait) as response:
+            response.read()
+        row.health, row.up = "SERVING", True
+    except urllib.error.HTTPError as error:
+        body = error.read().decode(errors="replace")
+        row.health = "NOT_SERVING"
+        row.reason = f"HTTP {error.code}: {body[:200]}"
+    except OSError as error:
+        row.reason = str(getattr(error, "reason", error))
+    return row
+
+
 def _backup_age(settings: BackupSettings, wait: float) -> str:
     """From the backup process's metrics, when one is running; n/a otherwise."""
     if settings.backup_metrics_port == 0:
@@ -121,14 +138,19 @@ def _backup_age(settings: BackupSettings, wait: float) -> str:
 async def collect(wait: float) -> list[Row]:
     endpoints = EndpointSettings()
     version = _version()
-    rows = await asyncio.gather(
-        *(_service(s, endpoints.target_of(s), wait, version) for s in SERVICES)
+    rows = list(
+        await asyncio.gather(
+            *(_service(s, endpoints.target_of(s), wait, version) for s in SERVICES)
+        )
     )
+    if endpoints.http_api_port != 0:
+        address = f"127.0.0.1:{endpoints.http_api_port}"
+        rows.append(await asyncio.to_thread(_http_api, address, wait, version))
     age = await asyncio.to_thread(_backup_age, BackupSettings(), wait)
     for row in rows:
         if row.pool != NA:  # the services with a database share its backups
             row.backup_age = age
-    return list(rows)
+    return rows
 
 
 def _table(rows: list[Row]) -> Table:

@@ -13,6 +13,7 @@ import pytest
 from shared.embedded.redis import RedisServer
 from shared.settings import SERVICES
 from tests.harness import ROOT, ServiceProcess, service_env
+from tests.http_api.support import ApiProcess, targets
 
 
 @pytest.fixture
@@ -29,11 +30,14 @@ def services(database_url: str, redis_server: RedisServer) -> Iterator[dict[str,
                 "CACHE_GATEWAY_TARGET": processes["cache_gateway"].target,
             },
         )
+    api = ApiProcess(env=service_env(database_url, targets(processes)))
     try:
         for process in processes.values():
             process.start(timeout=60)
-        yield processes
+        api.start(timeout=60)
+        yield {**processes, "http_api": api}
     finally:
+        api.stop()
         for process in processes.values():
             process.stop()
 
@@ -58,7 +62,7 @@ def test_status_shows_every_service_serving_then_a_stopped_one_down(
     up = _status(services, "--json")
     assert up.returncode == 0, up.stdout + up.stderr
     rows = {r["service"]: r for r in json.loads(up.stdout)["services"]}
-    assert set(rows) == set(SERVICES)
+    assert set(rows) == {*SERVICES, "http_api"}
     for service, process in services.items():
         assert rows[service]["health"] == "SERVING"
         assert rows[service]["address"] == process.target
@@ -68,7 +72,7 @@ def test_status_shows_every_service_serving_then_a_stopped_one_down(
 
     plain = _status(services)
     assert plain.returncode == 0
-    assert plain.stdout.count("SERVING") == len(SERVICES)
+    assert plain.stdout.count("SERVING") == len(SERVICES) + 1
 
     services["analytics"].stop()
     down = _status(services, "--json")
@@ -77,4 +81,7 @@ def test_status_shows_every_service_serving_then_a_stopped_one_down(
     assert rows["analytics"]["health"] == "down"
     assert rows["analytics"]["reason"].startswith("UNAVAILABLE")
     assert rows["profile_store"]["health"] == "SERVING"
-    assert "down: analytics" in down.stderr
+    # The HTTP API is up, but not ready without one of the services it calls.
+    assert rows["http_api"]["health"] == "NOT_SERVING"
+    assert "analytics" in rows["http_api"]["reason"]
+    assert "down: analytics, http_api" in down.stderr
