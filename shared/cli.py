@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in transfer_parser.COMMANDS:
             import importlib
 
+            # The store's modules import alembic, whose plugin set-up logs at INFO.
+            logging.getLogger("alembic").setLevel(logging.WARNING)
+
             commands = importlib.import_module("services.profile_store.commands")
             result: int = getattr(commands, f"run_{args.command}")(args)
             return result

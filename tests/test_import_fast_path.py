@@ -115,8 +115,11 @@ def _wait_for_position(state: Path, process: subprocess.Popen[bytes]) -> int:
     raise AssertionError(f"no committed batch seen before exit {process.returncode}")
 
 
-def _kill_mid_import(env: dict[str, str], source: Path, state: Path) -> int:
-    """SIGKILL once a few batches committed; the last position the import recorded."""
+def _stop_mid_import(
+    env: dict[str, str], source: Path, state: Path, how: signal.Signals
+) -> tuple[int, int]:
+    """The signal once a few batches committed; the last position the import recorded and
+    its exit code."""
     process = subprocess.Popen(
         command("import", str(source), "--batch-size", "50"),
         env=env,
@@ -126,21 +129,26 @@ def _kill_mid_import(env: dict[str, str], source: Path, state: Path) -> int:
     )
     try:
         _wait_for_position(state, process)
-        process.send_signal(signal.SIGKILL)
+        process.send_signal(how)
     finally:
-        process.wait(30)
-    return int(json.loads(state.read_text())["line"])
+        process.wait(60)
+    return int(json.loads(state.read_text())["line"]), process.returncode
 
 
-@pytest.mark.parametrize("fast", [False, True], ids=["normal", "fast"])
-async def test_resume_after_a_kill_imports_the_rest_exactly_once(
-    database_url: str, db: Database, tmp_path: Path, fast: bool
+@pytest.mark.parametrize(
+    ("fast", "how", "code"),
+    [(False, signal.SIGKILL, -9), (True, signal.SIGKILL, -9), (False, signal.SIGINT, 130)],
+    ids=["normal-kill", "fast-kill", "normal-ctrl-c"],
+)
+async def test_resume_after_an_interruption_imports_the_rest_exactly_once(
+    database_url: str, db: Database, tmp_path: Path, fast: bool, how: signal.Signals, code: int
 ) -> None:
     count = 2000
     source = write_lines(tmp_path / "in.jsonl", [line(i) for i in range(count)])
     state = tmp_path / "in.jsonl.import-state"
     env = stylebase_env(database_url, IMPORT_FAST_PATH_MIN_LINES="100" if fast else "100000")
-    committed = _kill_mid_import(env, source, state)
+    committed, exit_code = _stop_mid_import(env, source, state, how)
+    assert exit_code == code
     assert committed < count
     resumed = stylebase(env, "import", str(source), "--resume", "--batch-size", "50")
     assert resumed.returncode == 0, resumed.stderr

@@ -14,6 +14,8 @@ from services.profile_store.resume import ResumeError, state_path
 from shared.backup import progress
 from shared.settings import to_libpq_url
 
+_SLOW_BATCH_MS = 60_000
+
 
 class ImportSettings(Settings):
     """The import's fast path; each is also an option of the command."""
@@ -45,7 +47,8 @@ async def _import(settings: ImportSettings, args: argparse.Namespace) -> transfe
         parallel_workers=settings.import_parallel_workers,
         check_workers=settings.import_check_workers,
     )
-    db = connect_database(settings)
+    # A batch of a thousand rows takes longer than DB_SLOW_QUERY_MS means for an RPC.
+    db = connect_database(settings.model_copy(update={"db_slow_query_ms": _SLOW_BATCH_MS}))
     gateway = invalidator(settings, db)
     try:
         with progress.counter(f"import {args.file.name}") as update:

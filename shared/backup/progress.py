@@ -51,12 +51,13 @@ def counter(description: str, *, every_seconds: float = 2.0) -> Iterator[Progres
     (and at the end), so a log shows the import moving."""
     console = Console(stderr=True)
     if not console.is_terminal:
-        last = [0.0]
+        last = [0.0, -1.0]  # when, and how many, the previous line said
 
         def line(done: int, total: int) -> None:
             now = time.monotonic()
-            if now - last[0] >= every_seconds or (total and done >= total):
-                last[0] = now
+            due = now - last[0] >= every_seconds or (total and done >= total)
+            if due and done != last[1]:
+                last[0], last[1] = now, done
                 print(f"{description}: {done:,}/{total:,}", file=sys.stderr, flush=True)
 
         yield line
