@@ -136,12 +136,24 @@ def _stop_mid_import(
 
 
 @pytest.mark.parametrize(
-    ("fast", "how", "code"),
-    [(False, signal.SIGKILL, -9), (True, signal.SIGKILL, -9), (False, signal.SIGINT, 130)],
-    ids=["normal-kill", "fast-kill", "normal-ctrl-c"],
+    ("fast", "how", "code", "resume"),
+    [
+        (False, signal.SIGKILL, -9, True),
+        (True, signal.SIGKILL, -9, True),
+        (False, signal.SIGINT, 130, True),
+        # Starting over instead: the committed lines are unchanged, the index still built.
+        (True, signal.SIGKILL, -9, False),
+    ],
+    ids=["normal-kill", "fast-kill", "normal-ctrl-c", "fast-kill-start-over"],
 )
 async def test_resume_after_an_interruption_imports_the_rest_exactly_once(
-    database_url: str, db: Database, tmp_path: Path, fast: bool, how: signal.Signals, code: int
+    database_url: str,
+    db: Database,
+    tmp_path: Path,
+    fast: bool,
+    how: signal.Signals,
+    code: int,
+    resume: bool,
 ) -> None:
     count = 2000
     source = write_lines(tmp_path / "in.jsonl", [line(i) for i in range(count)])
@@ -150,13 +162,17 @@ async def test_resume_after_an_interruption_imports_the_rest_exactly_once(
     committed, exit_code = _stop_mid_import(env, source, state, how)
     assert exit_code == code
     assert committed < count
-    resumed = stylebase(env, "import", str(source), "--resume", "--batch-size", "50")
+    again = ("--resume",) if resume else ()
+    resumed = stylebase(env, "import", str(source), *again, "--batch-size", "50")
     assert resumed.returncode == 0, resumed.stderr
     done = json.loads(resumed.stdout.split("imported ", 1)[1].split(",")[0])
     unchanged = int(resumed.stdout.split("unchanged ", 1)[1].split(",")[0])
     last = json.loads(state.read_text())["line"] if state.exists() else None
     assert last is None  # a finished import leaves no position behind
-    assert unchanged <= 50 and done + unchanged == count - committed
+    if resume:
+        assert unchanged <= 50 and done + unchanged == count - committed
+    else:
+        assert unchanged >= committed and done + unchanged == count
     async with db.transaction() as session:
         stored = await session.scalar(text("SELECT count(*) FROM style_profiles"))
         rewritten = await session.scalar(

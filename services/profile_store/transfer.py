@@ -8,28 +8,21 @@ outbox; the fast path (see bulk.py) COPYs new artists and builds the vector inde
 
 from __future__ import annotations
 
-import asyncio
 import json
-import signal
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.profile_store import bulk, files, profiles, validation
+from services.profile_store import bulk, checks, files, profiles
+from services.profile_store.checks import Refused, Valid
 from services.profile_store.invalidation import Invalidation, Invalidator, enqueue
 from services.profile_store.resume import Position
 from shared.db.engine import Database
-from shared.db.models import RESEARCH_STATUSES
-from shared.errors import InvalidArgument
 
 Progress = Callable[[int, int], None]
 Say = Callable[[str], None]
@@ -51,8 +44,6 @@ _SET_STATUS = text(
     """
 )
 _PROFILE_COUNT = "SELECT count(*) FROM style_profiles"
-# Batches checked ahead of the one being written.
-_AHEAD = 3
 
 
 @dataclass(frozen=True)
@@ -68,12 +59,6 @@ class Options:
     check_workers: int = 2
 
 
-@dataclass(frozen=True)
-class Refused:
-    line: int
-    reason: str
-
-
 @dataclass
 class Summary:
     path: str
@@ -82,70 +67,7 @@ class Summary:
     refused: list[Refused] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class _Valid:
-    line: int
-    item: validation.ProfileInput
-    status: str
-
-
-def _reason(error: Exception) -> str:
-    if isinstance(error, InvalidArgument):
-        return "; ".join(f"{v.field}: {v.description}" for v in error.violations)
-    if isinstance(error, ValidationError):
-        return "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'line'}: {e['msg']}"
-            for e in error.errors(include_url=False)
-        )
-    return str(error) or type(error).__name__
-
-
-def _check(row: files.Row) -> _Valid | Refused:
-    try:
-        line = row.parse()
-        item = validation.profile(line.to_proto())
-        if line.research_status not in RESEARCH_STATUSES:
-            raise InvalidArgument(
-                "research_status", f"must be one of {', '.join(RESEARCH_STATUSES)}"
-            )
-    except (ValidationError, InvalidArgument, ValueError) as error:
-        return Refused(row.number, _reason(error))
-    return _Valid(row.number, item, line.research_status)
-
-
-def check_rows(rows: list[files.Row]) -> list[_Valid | Refused]:
-    """The rules of each row; run in worker processes, so it must not need the others."""
-    return [_check(row) for row in rows]
-
-
-def _ignore_interrupts() -> None:
-    # Ctrl-C reaches the whole process group: the main process alone reports it.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-async def _checked(
-    rows: Iterator[files.Row], size: int, workers: int
-) -> AsyncIterator[tuple[list[files.Row], list[_Valid | Refused]]]:
-    """Batches with their checks, computed up to _AHEAD batches ahead in worker processes
-    while the main one writes: parsing and the rules are the import's largest CPU cost."""
-    if workers == 0:
-        for batch in _batches(rows, size):
-            yield batch, check_rows(batch)
-        return
-    loop = asyncio.get_running_loop()
-    with ProcessPoolExecutor(workers, initializer=_ignore_interrupts) as pool:
-        pending: deque[tuple[list[files.Row], asyncio.Future[list[_Valid | Refused]]]] = deque()
-        for batch in _batches(rows, size):
-            pending.append((batch, loop.run_in_executor(pool, check_rows, batch)))
-            if len(pending) > _AHEAD:
-                done, future = pending.popleft()
-                yield done, await future
-        while pending:
-            done, future = pending.popleft()
-            yield done, await future
-
-
-def _same(stored: Any, valid: _Valid) -> bool:
+def _same(stored: Any, valid: Valid) -> bool:
     item = valid.item
     return bool(
         stored.profile_id is not None
@@ -159,7 +81,7 @@ def _same(stored: Any, valid: _Valid) -> bool:
     )
 
 
-async def _upsert(session: AsyncSession, batch: Sequence[_Valid]) -> list[Invalidation]:
+async def _upsert(session: AsyncSession, batch: Sequence[Valid]) -> list[Invalidation]:
     """SaveStyleProfile's statements, for a batch."""
     items = [v.item for v in batch]
     by_name = await profiles.upsert_artists(session, items)
@@ -172,7 +94,7 @@ async def _upsert(session: AsyncSession, batch: Sequence[_Valid]) -> list[Invali
     return [Invalidation(item.artist_name, versions[i]) for item, i in zip(items, ids, strict=True)]
 
 
-def _writer(batch: Sequence[_Valid], fast: bool) -> Any:
+def _writer(batch: Sequence[Valid], fast: bool) -> Any:
     async def work(session: AsyncSession) -> tuple[list[Invalidation], int]:
         names = [v.item.artist_name for v in batch]
         stored = {r.name: r for r in await session.execute(_STORED, {"names": names})}
@@ -197,11 +119,6 @@ def _writer(batch: Sequence[_Valid], fast: bool) -> Any:
     return work
 
 
-def _batches(rows: Iterator[files.Row], size: int) -> Iterator[list[files.Row]]:
-    while batch := list(islice(rows, size)):
-        yield batch
-
-
 async def import_file(
     db: Database,
     invalidator: Invalidator,
@@ -213,6 +130,10 @@ async def import_file(
     say: Say,
 ) -> Summary:
     position = Position.for_resume(source) if options.resume else Position.fresh(source)
+    interrupted = Position.stored(source)
+    if interrupted is not None and not options.resume:
+        # Starting over after an interrupted fast import: its index still has to be built.
+        position.index_definition = interrupted.index_definition
     total = files.count_rows(source)
     stored_count = (await db.fetch(_PROFILE_COUNT))[0][0]
     left = total - position.line
@@ -237,6 +158,8 @@ async def import_file(
     try:
         if fast and position.index_definition is None:
             position.index_definition = await bulk.index_definition(connection)
+            if position.index_definition is None:
+                say(f"warning: no index {bulk.INDEX} to rebuild; run 'stylebase migrate'")
             position.save(source)
             await bulk.drop_index(connection)
         position.save(source)
@@ -245,10 +168,10 @@ async def import_file(
         progress(position.line, total)
         rows = files.read_rows(source, after_line=position.line, offset=position.offset)
         workers = options.check_workers if left > options.batch_size else 0
-        async for batch, results in _checked(rows, options.batch_size, workers):
-            valid: list[_Valid] = []
+        async for batch, results in checks.checked(rows, options.batch_size, workers):
+            valid: list[Valid] = []
             for checked in results:
-                if isinstance(checked, _Valid):
+                if isinstance(checked, Valid):
                     first = seen.setdefault(checked.item.artist_name, checked.line)
                     if first != checked.line:
                         name = checked.item.artist_name
