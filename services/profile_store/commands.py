@@ -6,12 +6,14 @@ import argparse
 import asyncio
 import sys
 
+from asyncpg import PostgresError
 from pydantic import Field
 
 from services.profile_store import export, files, transfer
 from services.profile_store.app import Settings, connect_database, invalidator
 from services.profile_store.resume import ResumeError, state_path
 from shared.backup import progress
+from shared.errors import StylebaseError
 from shared.settings import to_libpq_url
 
 _SLOW_BATCH_MS = 60_000
@@ -73,7 +75,8 @@ def run_import(args: argparse.Namespace) -> int:
         return 2
     try:
         summary = asyncio.run(_import(settings, args))
-    except (ResumeError, files.MissingPyArrow, FileNotFoundError) as exc:
+    except (ResumeError, files.MissingPyArrow, StylebaseError, OSError, PostgresError) as exc:
+        # OSError: the file, or a database that cannot be reached.
         _say(f"stylebase import: {exc}")
         return 2
     except KeyboardInterrupt:
@@ -100,7 +103,7 @@ def run_export(args: argparse.Namespace) -> int:
             written = asyncio.run(
                 export.export_file(dsn, args.file, status=args.status, progress=update)
             )
-    except files.MissingPyArrow as exc:
+    except (files.MissingPyArrow, OSError, PostgresError) as exc:
         _say(f"stylebase export: {exc}")
         return 2
     print(f"exported {written} profiles to {args.file}")
