@@ -131,6 +131,18 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
             print(result.stderr, file=sys.stderr)
             return 1
         report = asyncio.run(measure_recall(to_asyncpg_url(postgres.url), args.queries, args.count))
+        started = time.perf_counter()
+        exported = subprocess.run(
+            [sys.executable, "-m", "shared.cli", "export", str(workdir / "export.jsonl")],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        export_seconds = time.perf_counter() - started
+        print(f"  {exported.stdout.strip()} in {export_seconds:.1f} s", flush=True)
+        phases["export"] = export_seconds
     finally:
         postgres.stop()
     rate = args.count / seconds
