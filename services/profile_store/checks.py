@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import signal
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
@@ -77,7 +78,9 @@ async def checked(
             yield batch, check_rows(batch)
         return
     loop = asyncio.get_running_loop()
-    with ProcessPoolExecutor(workers, initializer=_ignore_interrupts) as pool:
+    # forkserver, not fork: this process has threads and open connections by now.
+    context = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(workers, context, initializer=_ignore_interrupts) as pool:
         pending: deque[tuple[list[files.Row], asyncio.Future[list[Valid | Refused]]]] = deque()
         for batch in _batches(rows, size):
             pending.append((batch, loop.run_in_executor(pool, check_rows, batch)))
