@@ -13,7 +13,7 @@ LOCK_TOOL := .lock-tool
 
 .PHONY: install system-packages lock run test generate check-generated lint format breaking \
 	pytest migrate seed-demo client faults bench bench-profile-store bench-similarity bench-analytics \
-	bench-cache-gateway bench-http-api bench-backup scan clean
+	bench-cache-gateway bench-http-api bench-backup bench-import scan clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,7 +48,7 @@ BUILD_REQUIRES = $(PYTHON) -c 'import tomllib; \
 
 lock: $(LOCK_TOOL)/bin/uv
 	@mkdir -p requirements
-	$(BUILD_REQUIRES) | $(UV_COMPILE) --extra embedded --extra dev -o requirements/dev.txt
+	$(BUILD_REQUIRES) | $(UV_COMPILE) --extra embedded --extra dev --extra parquet -o requirements/dev.txt
 	$(BUILD_REQUIRES) | $(UV_COMPILE) --extra embedded -c requirements/dev.txt -o requirements/run.txt
 	$(BUILD_REQUIRES) | $(UV_COMPILE) -c requirements/dev.txt -o requirements/service.txt
 
@@ -152,3 +152,7 @@ bench-backup: install
 
 clean:
 	rm -rf $(VENV) $(LOCK_TOOL) .scan dist .gen-check .mypy_cache .ruff_cache .pytest_cache
+
+# 100,000 profiles through stylebase import, then recall@10 of the similarity search.
+bench-import: install
+	$(BIN)/python -m bench.import_profiles $(BENCH_ARGS)

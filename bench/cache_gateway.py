@@ -21,7 +21,7 @@ from pathlib import Path
 import grpc
 import redis.asyncio as redis
 
-from bench.figures import percentile
+from bench.figures import Chart, percentile
 from shared.db import migrate
 from shared.embedded.ports import free_port
 from shared.embedded.postgres import EmbeddedPostgres
@@ -121,9 +121,20 @@ def report(
     label: str,
     result: tuple[list[float], float, set[pb.ServedFrom.ValueType]],
     floor: tuple[float, float],
+    chart: Chart,
 ) -> None:
     latencies, throughput, tiers = result
     p50 = percentile(latencies, 0.5)
+    series, group = label.split(", ")
+    chart.latency(
+        group,
+        series,
+        p50_ms=p50 * 1e3,
+        p95_ms=percentile(latencies, 0.95) * 1e3,
+        p99_ms=percentile(latencies, 0.99) * 1e3,
+        per_second=throughput,
+        ratio=p50 / floor[0],
+    )
     names = ",".join(pb.ServedFrom.Name(t).removeprefix("SERVED_FROM_") for t in sorted(tiers))
     print(
         f"{label:<28} p50 {p50 * 1e3:6.3f} ms  p95 {percentile(latencies, 0.95) * 1e3:6.3f} ms  "
@@ -202,14 +213,18 @@ async def measure_all(
     floor_target: str, gateway: str, redis_only: str, names: list[str], seconds: float
 ) -> None:
     hot, spread = names[:1], names[:REDIS_ARTISTS]
+    chart = Chart(
+        "cache_gateway", "GetStyleProfile through the cache gateway", ratio_title="p50 / floor"
+    )
     for in_flight in (1, 64):
         floor = await measure(floor_target, hot, in_flight, seconds)
         figures = (percentile(floor[0], 0.5), floor[1])
-        report(f"floor, {in_flight} in flight", floor, figures)
+        report(f"floor, {in_flight} in flight", floor, figures, chart)
         memory = await measure(gateway, hot, in_flight, seconds)
-        report(f"in-process hit, {in_flight} in flight", memory, figures)
+        report(f"in-process hit, {in_flight} in flight", memory, figures, chart)
         redis_tier = await measure(redis_only, spread, in_flight, seconds)
-        report(f"Redis hit, {in_flight} in flight", redis_tier, figures)
+        report(f"Redis hit, {in_flight} in flight", redis_tier, figures, chart)
+    print(f"chart: {chart.write()}")
 
 
 async def first_response(target: str, name: str) -> bytes:

@@ -25,6 +25,7 @@ import aiohttp
 import httpx
 import numpy as np
 
+from bench.figures import Chart
 from bench.similarity.__main__ import build_index
 from bench.similarity.data import clustered_unit_vectors, load_with_copy, name_of
 from bench.similarity.measure import K, Latencies, grpc_latencies, timed_calls
@@ -91,6 +92,18 @@ def median(results: list[Latencies]) -> Latencies:
     )
 
 
+def _record(chart: Chart, series: str, result: Latencies, grpc_result: Latencies) -> None:
+    chart.latency(
+        f"{result.in_flight} in flight",
+        series,
+        p50_ms=result.p50_ms,
+        p95_ms=result.p95_ms,
+        p99_ms=result.p99_ms,
+        per_second=result.per_second,
+        ratio=result.p50_ms / grpc_result.p50_ms,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.http_api", description=__doc__)
     parser.add_argument("--artists", type=int, default=10_000)
@@ -131,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"  {client} floor, GET /healthz (no gRPC behind): p50 {healthz.p50_ms:.2f} ms"
                 )
+            chart = Chart("http_api", "GET /api/v1/similar against gRPC", ratio_title="p50 / gRPC")
             for in_flight in (1, 16):
                 runs: dict[str, list[Latencies]] = {"grpc": [], **{c: [] for c in CLIENTS}}
                 for _ in range(args.rounds):
@@ -147,8 +161,10 @@ def main(argv: list[str] | None = None) -> int:
                         )
                 grpc_result = median(runs["grpc"])
                 print(f"  gRPC         {grpc_result.line().strip()}")
+                _record(chart, "gRPC", grpc_result, grpc_result)
                 for client in CLIENTS:
                     result = median(runs[client])
+                    _record(chart, f"HTTP {client}", result, grpc_result)
                     print(f"  HTTP {client:<7} {result.line().strip()}")
                     print(
                         f"    HTTP ({client})/gRPC at {in_flight} in flight: p50 "
@@ -157,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"{result.per_second / grpc_result.per_second:.2f}x",
                         flush=True,
                     )
+            print(f"chart: {chart.write()}")
         finally:
             for process in reversed(processes):
                 process.stop()

@@ -22,7 +22,7 @@ import asyncpg
 import grpc
 import numpy as np
 
-from bench.figures import percentile
+from bench.figures import Chart, percentile
 from bench.similarity.data import clustered_unit_vectors
 from shared.db import migrate
 from shared.embedded.ports import free_port
@@ -157,6 +157,7 @@ async def sql_ceiling(dsn: str, vectors: np.ndarray, index_ddl: str) -> float:
 
 async def run(target: str, vectors: np.ndarray, requests: int) -> None:
     profiles = len(vectors)
+    chart = Chart("profile_store", f"profile store, {profiles:,} profiles")
     async with grpc.aio.insecure_channel(target) as channel:
         stub = pb_grpc.ProfileStoreServiceStub(channel)
         half = profiles // 2
@@ -167,6 +168,8 @@ async def run(target: str, vectors: np.ndarray, requests: int) -> None:
             ("re-import of the same profiles (updates)", vectors[:half], 0, 2),
         ):
             rate, per_batch = await bulk_import(stub, part, in_flight, first=first)
+            kind = "updates" if "re-import" in label else "new artists"
+            chart.rate(f"{in_flight} in flight", f"batch save, {kind}", rate)
             print(
                 f"BatchSaveStyleProfiles {label}, {len(part)} profiles in batches of {BATCH},"
                 f" {in_flight} in flight: {rate:,.0f} profiles/s (median batch {_ms(per_batch)})"
@@ -182,11 +185,20 @@ async def run(target: str, vectors: np.ndarray, requests: int) -> None:
         await latency(get, 200, 4)  # warm the pool and the prepared statements
         for in_flight in (1, 32):
             samples, throughput = await latency(get, requests, in_flight)
+            chart.latency(
+                f"{in_flight} in flight",
+                "GetStyleProfile",
+                p50_ms=percentile(samples, 0.50) * 1e3,
+                p95_ms=percentile(samples, 0.95) * 1e3,
+                p99_ms=percentile(samples, 0.99) * 1e3,
+            )
+            chart.rate(f"{in_flight} in flight", "GetStyleProfile", throughput)
             print(
                 f"GetStyleProfile from PostgreSQL, {in_flight:>2} in flight, {requests} calls:"
                 f" p50 {_ms(percentile(samples, 0.50))}, p95 {_ms(percentile(samples, 0.95))},"
                 f" p99 {_ms(percentile(samples, 0.99))}, {throughput:,.0f} calls/s"
             )
+    print(f"chart: {chart.write()}")
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""The stylebase command: up, serve, migrate, downgrade, seed-demo, backup, backups, restore."""
+"""The stylebase command: up, serve, migrate, downgrade, seed-demo, import, export, status,
+backup, backups, restore."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import cast
 
 from pydantic import ValidationError
 
+from shared import transfer_parser
 from shared.backup import parser as backup_parser
 from shared.logging import configure_logging
 from shared.settings import (
@@ -31,6 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     down = sub.add_parser("downgrade", help="downgrade the database schema")
     down.add_argument("--revision", default="base")
     sub.add_parser("seed-demo", help="load the demo drummers and producers (idempotent)")
+    transfer_parser.add_commands(sub)
+    status_parser = sub.add_parser("status", help="health, version and load of every service")
+    status_parser.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    status_parser.add_argument("--timeout", type=float, default=2.0, help="seconds per probe")
     backup_parser.add_commands(sub)
     return parser
 
@@ -58,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         from shared.backup.cli import run
 
         return run(args)
+    if args.command == "status":
+        from shared.status import run as run_status
+
+        return run_status(args)
     try:
         if args.command == "up":
             from shared.stack import StackError, up
@@ -69,6 +79,15 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
         if args.command == "seed-demo":
             return _seed_demo(log)
+        if args.command in transfer_parser.COMMANDS:
+            import importlib
+
+            # The store's modules import alembic, whose plugin set-up logs at INFO.
+            logging.getLogger("alembic").setLevel(logging.WARNING)
+
+            commands = importlib.import_module("services.profile_store.commands")
+            result: int = getattr(commands, f"run_{args.command}")(args)
+            return result
         from shared.db import migrate
 
         url = DatabaseSettings().require_database_url()

@@ -65,7 +65,7 @@ BUILD = pins(PYPROJECT["build-system"]["requires"])
 EXPECTED = {
     "service": RUNTIME | BUILD,
     "run": RUNTIME | EXTRAS["embedded"] | BUILD,
-    "dev": RUNTIME | EXTRAS["embedded"] | EXTRAS["dev"] | BUILD,
+    "dev": RUNTIME | EXTRAS["embedded"] | EXTRAS["dev"] | EXTRAS["parquet"] | BUILD,
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ import grpc
 
 from bench.analytics.load import load, prepare_server
 from bench.analytics.measure import history_call, latencies, percentiles, record_rate, stats_call
+from bench.figures import Chart
 from shared.db import migrate
 from shared.embedded.postgres import EmbeddedPostgres
 from shared.settings import to_libpq_url
@@ -41,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run_size(rows: int, args: argparse.Namespace, postgres: EmbeddedPostgres) -> None:
+def run_size(rows: int, args: argparse.Namespace, postgres: EmbeddedPostgres, chart: Chart) -> None:
     print(f"\n== {rows:,} generation rows, {args.artists:,} artists ==", flush=True)
     url = postgres.url
     started = time.perf_counter()
@@ -72,13 +74,20 @@ def run_size(rows: int, args: argparse.Namespace, postgres: EmbeddedPostgres) ->
             ("GetArtistHistory, pages 1 and 2 (2 calls)", history_call(names, deep=True)),
         ]
         for label, call in figures:
-            print(
-                f"  {label:<44} {percentiles(latencies(service.target, args.calls, call))}",
-                flush=True,
+            samples = latencies(service.target, args.calls, call)
+            print(f"  {label:<44} {percentiles(samples)}", flush=True)
+            cuts = statistics.quantiles(samples, n=100, method="inclusive")
+            chart.latency(
+                label,
+                f"{rows:,} rows",
+                p50_ms=cuts[49],
+                p95_ms=cuts[94],
+                p99_ms=cuts[98],
             )
         done, elapsed, failed = asyncio.run(
             record_rate(service.target, names, args.record_seconds, args.concurrency)
         )
+        chart.rate(f"RecordGeneration x{args.concurrency}", f"{rows:,} rows", done / elapsed)
         print(
             f"  RecordGeneration, {args.concurrency} in flight: {done / elapsed:,.0f} records/s"
             f" ({done:,} in {elapsed:.1f} s, {failed} failed)",
@@ -87,6 +96,7 @@ def run_size(rows: int, args: argparse.Namespace, postgres: EmbeddedPostgres) ->
         done, elapsed, failed = asyncio.run(
             record_rate(service.target, names, args.record_seconds, 2, batch=args.batch)
         )
+        chart.rate(f"Batch of {args.batch} x2", f"{rows:,} rows", done / elapsed)
         print(
             f"  BatchRecordGenerations, {args.batch} per call, 2 in flight:"
             f" {done / elapsed:,.0f} records/s ({done:,} in {elapsed:.1f} s, {failed} failed)",
@@ -116,8 +126,10 @@ def main(argv: list[str] | None = None) -> None:
         postgres.start()
         migrate.upgrade(postgres.url)
         print("analytics benchmark (embedded PostgreSQL, fsync off; service as its own process)")
+        chart = Chart("analytics", "analytics service, 1 call in flight")
         for rows in sizes:
-            run_size(rows, args, postgres)
+            run_size(rows, args, postgres, chart)
+        print(f"chart: {chart.write()}")
     finally:
         postgres.stop()
         shutil.rmtree(workdir, ignore_errors=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 import asyncpg
 import numpy as np
 
+from bench.figures import Chart
 from bench.similarity.data import clustered_unit_vectors, load_through_store, load_with_copy
 from bench.similarity.measure import grpc_latencies, grpc_recall, numpy_exact
 from shared.db import migrate
@@ -67,7 +68,7 @@ def timed(label: str, started: float) -> float:
     return elapsed
 
 
-def run_size(n: int, args: argparse.Namespace, workdir: Path) -> None:
+def run_size(n: int, args: argparse.Namespace, workdir: Path, chart: Chart) -> None:
     print(f"\n== {n:,} artists (loader: {args.loader}) ==", flush=True)
     postgres = EmbeddedPostgres(workdir / f"pg-{n}", durable=False)
     postgres.start()
@@ -115,12 +116,29 @@ def run_size(n: int, args: argparse.Namespace, workdir: Path) -> None:
                 )
             )
             print(result.line(), flush=True)
+            chart.latency(
+                f"{in_flight} in flight",
+                f"{n:,} artists",
+                p50_ms=result.p50_ms,
+                p95_ms=result.p95_ms,
+                p99_ms=result.p99_ms,
+                per_second=result.per_second,
+            )
         recall_queries = rng.choice(n, min(args.recall_queries, n), replace=False)
         recall = asyncio.run(
             grpc_recall(similarity.target, vectors, recall_queries, ef_search=args.ef_search)
         )
         print(f"  recall@10 against exact: {recall:.4f} ({len(recall_queries)} queries)")
         reference = numpy_exact(vectors, queries)
+        chart.latency(
+            "1 in flight",
+            f"{n:,} numpy exact",
+            p50_ms=reference.p50_ms,
+            p95_ms=reference.p95_ms,
+            p99_ms=reference.p99_ms,
+            per_second=reference.per_second,
+        )
+        chart.ratio("recall@10", f"{n:,} artists", recall)
         print(
             f"numpy exact top-10 in process (float32 matrix-vector product): "
             f"p50 {reference.p50_ms:.2f} ms  p95 {reference.p95_ms:.2f} ms  "
@@ -140,9 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         print(f"--sizes: expected comma-separated integers, got {args.sizes!r}", file=sys.stderr)
         return 2
+    chart = Chart("similarity", "FindSimilarArtists over gRPC", ratio_title="recall@10")
     with tempfile.TemporaryDirectory(prefix="bench-similarity-") as tmp:
         for n in sizes:
-            run_size(n, args, Path(tmp))
+            run_size(n, args, Path(tmp), chart)
+    print(f"chart: {chart.write()}")
     return 0
 
 

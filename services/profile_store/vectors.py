@@ -29,6 +29,13 @@ def _passthrough(value: Any) -> Any:
     return value
 
 
+async def set_codec(connection: Any) -> None:
+    """The same on one asyncpg connection of its own (the import's index work, the export)."""
+    await connection.set_type_codec(
+        "vector", schema="public", encoder=_passthrough, decoder=bytes, format="binary"
+    )
+
+
 def register_codec(engine: AsyncEngine) -> None:
     """Make every new connection of engine send and receive vectors as pre-encoded bytes.
 
@@ -38,12 +45,4 @@ def register_codec(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.run_async(
-            lambda conn: conn.set_type_codec(
-                "vector",
-                schema="public",
-                encoder=_passthrough,
-                decoder=bytes,
-                format="binary",
-            )
-        )
+        dbapi_connection.run_async(set_codec)
