@@ -118,6 +118,9 @@ def running_stack(
                 "PROFILE_STORE_TARGET": processes["profile_store"].target,
                 "CACHE_GATEWAY_TARGET": processes["cache_gateway"].target,
                 "SIMILARITY_RECALL_CANARY_INTERVAL_SECONDS": "1",
+                # Keys of its own: a warm-up from the read counts earlier tests left in the
+                # session's Redis would touch the counters before the tests' own RPCs.
+                "REDIS_KEY_PREFIX": f"stylebase:scope-{uuid.uuid4().hex[:8]}",
                 # The save's own invalidation call must not time out on a busy machine: a
                 # relay retry would start a trace of its own.
                 "CACHE_INVALIDATION_TIMEOUT_MS": "10000",
