@@ -23,7 +23,8 @@ from stylebase.common.v1 import common_pb2
 from stylebase.profile_store.v1 import profile_store_service_pb2 as ps
 from stylebase.profile_store.v1 import profile_store_service_pb2_grpc as ps_grpc
 from tests.client_support import ClientVenv, buf_generate, build_client_venv, install_node_packages
-from tests.harness import ROOT, ServiceProcess, service_env
+from tests.harness import ROOT, service_env
+from tests.http_api.support import start_services
 
 PREFIX = f"clientpkg-{uuid.uuid4().hex[:8]}-"
 SMOKE = Path(__file__).resolve().parent / "client_smoke"
@@ -53,20 +54,9 @@ def stack(
 ) -> Iterator[dict[str, str]]:
     """The four gRPC services as separate processes, with three seeded profiles whose
     embeddings make seed1 the nearest neighbour of seed0."""
-    tmp = tmp_path_factory.mktemp("client-stack")
-    processes = {s: ServiceProcess(s, {}, log_path=tmp / f"{s}.log") for s in SERVICES}
-    for process in processes.values():
-        process.env = service_env(
-            database_url,
-            {
-                "REDIS_URL": redis_server.url,
-                "PROFILE_STORE_TARGET": processes["profile_store"].target,
-                "CACHE_GATEWAY_TARGET": processes["cache_gateway"].target,
-            },
-        )
+    env = service_env(database_url, {"REDIS_URL": redis_server.url})
+    processes = start_services(env, tmp_path_factory.mktemp("client-stack"))
     try:
-        for process in processes.values():
-            process.start(timeout=60)
         with grpc.insecure_channel(processes["profile_store"].target) as channel:
             store = ps_grpc.ProfileStoreServiceStub(channel)
             for i in range(3):

@@ -7,37 +7,36 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from shared.embedded.redis import RedisServer
 from shared.settings import SERVICES
 from tests.harness import ROOT, ServiceProcess, service_env
-from tests.http_api.support import ApiProcess, targets
+from tests.http_api.support import start_api, start_services, targets
 
 
 @pytest.fixture
-def services(database_url: str, redis_server: RedisServer) -> Iterator[dict[str, ServiceProcess]]:
-    processes: dict[str, ServiceProcess] = {s: ServiceProcess(s, {}) for s in SERVICES}
-    for process in processes.values():
-        process.env = service_env(
-            database_url,
-            {
-                # Metrics off: the default ports may belong to a running stack.
-                **{f"{s.upper()}_METRICS_PORT": "0" for s in SERVICES},
-                "REDIS_URL": redis_server.url,
-                "PROFILE_STORE_TARGET": processes["profile_store"].target,
-                "CACHE_GATEWAY_TARGET": processes["cache_gateway"].target,
-            },
-        )
-    api = ApiProcess(env=service_env(database_url, targets(processes)))
+def services(
+    database_url: str, redis_server: RedisServer, tmp_path: Path
+) -> Iterator[dict[str, ServiceProcess]]:
+    env = service_env(
+        database_url,
+        {
+            # Metrics off: the default ports may belong to a running stack.
+            **{f"{s.upper()}_METRICS_PORT": "0" for s in SERVICES},
+            "REDIS_URL": redis_server.url,
+        },
+    )
+    processes = start_services(env, tmp_path)
+    api = None
     try:
-        for process in processes.values():
-            process.start(timeout=60)
-        api.start(timeout=60)
+        api = start_api(env, targets(processes), tmp_path)
         yield {**processes, "http_api": api}
     finally:
-        api.stop()
+        if api is not None:
+            api.stop()
         for process in processes.values():
             process.stop()
 
